@@ -1,0 +1,31 @@
+"""python -m kml.data prepare NAME --source PATH [--root DIR] [--image-size N] [--download] [--force]"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kml.data.errors import DataError
+from kml.data.prepare import REAL_DATASETS, prepare
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kml.data", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("prepare", help="prepare a dataset from its official archive or folder")
+    p.add_argument("name", choices=REAL_DATASETS)
+    p.add_argument("--source", help="official archive, or a folder with its layout")
+    p.add_argument("--root", default="data", help="where prepared data lives (default: data)")
+    p.add_argument("--image-size", type=int, default=84, help="side of the square images (default: 84)")
+    p.add_argument("--download", action="store_true", help="fetch the official archive first")
+    p.add_argument("--force", action="store_true", help="prepare again even if already prepared")
+    args = parser.parse_args(argv)
+    try:
+        prepare(args.name, args.source, args.root, args.image_size, args.download, args.force)
+    except DataError as err:
+        print("error: " + " ".join(str(err).split()), file=sys.stderr)  # always one line
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Few-shot episodes by tensor indexing into prepared arrays (no image decoding per step)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from kml.data import store
+from kml.data.episodes import Batch
+from kml.data.errors import DataError
+
+
+class SplitDataset:
+    """One split of one prepared dataset: uint8 images [N, C, H, W], rows grouped by class."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, class_names: list[str], name: str, split: str):
+        self.images, self.class_names, self.name, self.split = images, class_names, name, split
+        self.counts = torch.bincount(labels, minlength=len(class_names))
+        self.starts = torch.cumsum(self.counts, 0) - self.counts
+        if not torch.equal(labels, torch.repeat_interleave(torch.arange(len(class_names)), self.counts)):
+            raise DataError(f"{name}/{split}: rows are not grouped by class; prepare the dataset again with --force")
+
+    @classmethod
+    def load(cls, root, name: str, image_size: int, split: str, in_memory: bool = True) -> SplitDataset:
+        store.load_manifest(root, name, image_size)  # a clear error (with the prepare command) if missing
+        folder = store.prepared_dir(root, name, image_size)
+        images = np.load(folder / f"{split}.npy", mmap_mode=None if in_memory else "r")
+        labels = torch.from_numpy(np.load(folder / f"{split}_labels.npy")).long()
+        names = json.loads((folder / f"{split}_classes.json").read_text())
+        # A memory map is wrapped without copying; writes are never made through it.
+        return cls(torch.from_numpy(np.asarray(images)) if in_memory else torch.as_tensor(images), labels, names, name, split)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+class EpisodeSampler:
+    """N-way K-shot Q-query episodes from one SplitDataset; labels are a fresh permutation per task."""
+
+    def __init__(self, dataset: SplitDataset, way: int, shot: int, query: int, rotate: bool = False):
+        where = f"split {dataset.split!r} of {dataset.name}"
+        if dataset.num_classes < way:
+            raise DataError(f"{where} has {dataset.num_classes} classes, fewer than way={way}; lower `way`")
+        smallest = int(dataset.counts.min())
+        if smallest < shot + query:
+            raise DataError(f"{where} has a class with {smallest} images, fewer than shot+query={shot + query};"
+                            " lower `shot` or `eval.query`/`train.query`")
+        self.dataset, self.way, self.shot, self.query, self.rotate = dataset, way, shot, query, rotate
+
+    def sample_into(self, support: torch.Tensor, query: torch.Tensor, g: torch.Generator) -> None:
+        """Write one episode into support [N*K, C', H, W] and query [N*Q, C', H, W] (C' may tile C)."""
+        d, per_class = self.dataset, self.shot + self.query
+        classes = torch.randperm(d.num_classes, generator=g)[: self.way]
+        counts = d.counts[classes]
+        # Distinct images per class: the smallest random keys among each class's valid rows.
+        keys = torch.rand((self.way, int(counts.max())), generator=g)
+        keys.masked_fill_(torch.arange(keys.shape[1]) >= counts[:, None], 2.0)
+        picks = keys.topk(per_class, dim=1, largest=False).indices + d.starts[classes, None]
+        images = d.images[picks.flatten()].view(self.way, per_class, *d.images.shape[1:])
+        if self.rotate:  # a class seen rotated by 90°·r is a new class (Omniglot augmentation)
+            turns = torch.randint(4, (self.way,), generator=g)
+            images = images.clone()
+            for r in turns.unique().tolist():
+                if r:
+                    chosen = turns == r
+                    images[chosen] = torch.rot90(images[chosen], r, dims=(-2, -1))
+        support.copy_(images[:, : self.shot].flatten(0, 1).expand_as(support))
+        query.copy_(images[:, self.shot :].flatten(0, 1).expand_as(query))
+
+
+class MultimodalSampler:
+    """Meta-batches of T tasks; the mode of each task is chosen round-robin (balanced, as MMAML) or uniformly."""
+
+    POLICIES = ("balanced", "uniform")
+
+    def __init__(self, samplers: list[EpisodeSampler], meta_batch: int, policy: str = "balanced",
+                 seed: int = 0, channels: int = 3):
+        if policy not in self.POLICIES:
+            raise ValueError(f"unknown mode policy {policy!r}; choose one of: {', '.join(self.POLICIES)}")
+        sizes = {tuple(s.dataset.images.shape[2:]) for s in samplers}
+        if len(sizes) != 1:
+            raise DataError(f"modes have different image sizes {sorted(sizes)}; prepare them at one --image-size")
+        first = samplers[0]
+        self.samplers, self.meta_batch, self.policy, self.channels = samplers, meta_batch, policy, channels
+        self.way, self.shot, self.query = first.way, first.shot, first.query
+        self.generator = torch.Generator().manual_seed(seed)
+        self.next_mode = 0  # round-robin position, carried across meta-batches
+
+    def modes_for_batch(self) -> torch.Tensor:
+        m, t = len(self.samplers), self.meta_batch
+        if self.policy == "uniform":
+            return torch.randint(m, (t,), generator=self.generator)
+        modes = (self.next_mode + torch.arange(t)) % m
+        self.next_mode = (self.next_mode + t) % m
+        return modes
+
+    def sample(self) -> Batch:
+        t, size = self.meta_batch, self.samplers[0].dataset.images.shape[2:]
+        support = torch.empty((t, self.way * self.shot, self.channels, *size), dtype=torch.uint8)
+        query = torch.empty((t, self.way * self.query, self.channels, *size), dtype=torch.uint8)
+        modes = self.modes_for_batch()
+        for i, mode in enumerate(modes.tolist()):
+            self.samplers[mode].sample_into(support[i], query[i], self.generator)
+        labels = torch.arange(self.way)
+        return Batch(support, labels.repeat_interleave(self.shot).expand(t, -1).contiguous(),
+                     query, labels.repeat_interleave(self.query).expand(t, -1).contiguous(), modes)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "next_mode": self.next_mode}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.next_mode = state["next_mode"]
