@@ -58,10 +58,15 @@ class EpisodeSampler:
         keys = torch.rand((self.way, int(counts.max())), generator=g)
         keys.masked_fill_(torch.arange(keys.shape[1]) >= counts[:, None], 2.0)
         picks = keys.topk(per_class, dim=1, largest=False).indices + d.starts[classes, None]
-        images = d.images[picks.flatten()].view(self.way, per_class, *d.images.shape[1:])
+        support_rows, query_rows = picks[:, : self.shot].flatten(), picks[:, self.shot :].flatten()
+        if not self.rotate and support.shape[1] == d.images.shape[1]:
+            # Fast path: gather straight into the output (index_select beats advanced indexing ~5x).
+            torch.index_select(d.images, 0, support_rows, out=support)
+            torch.index_select(d.images, 0, query_rows, out=query)
+            return
+        images = d.images.index_select(0, picks.flatten()).view(self.way, per_class, *d.images.shape[1:])
         if self.rotate:  # a class seen rotated by 90°·r is a new class (Omniglot augmentation)
             turns = torch.randint(4, (self.way,), generator=g)
-            images = images.clone()
             for r in turns.unique().tolist():
                 if r:
                     chosen = turns == r
