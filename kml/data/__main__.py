@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         prepare(args.name, args.source, args.root, args.image_size, args.download, args.force)
     except DataError as err:
-        print("error: " + " ".join(str(err).split()), file=sys.stderr)  # always one line
+        print(f"error: {err}", file=sys.stderr)  # a DataError message is always one line
         return 2
     return 0
 

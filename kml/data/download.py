@@ -1,6 +1,7 @@
 """Fetching official archives (`prepare --download`)."""
 from __future__ import annotations
 
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -24,10 +25,13 @@ def fetch(url: str, target: Path, timeout: float = 30.0) -> Path:
                 for block in iter(lambda: response.read(1 << 20), b""):
                     out.write(block)
                     bar.update(len(block))
-    except (urllib.error.URLError, OSError, TimeoutError) as err:
-        partial.unlink(missing_ok=True)
+        if total is not None and partial.stat().st_size != total:
+            raise OSError(f"received {partial.stat().st_size} of {total} bytes")
+        os.replace(partial, target)
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
         raise DataError(
             f"could not download {url} ({err}); without network, fetch it elsewhere and pass it with --source"
         ) from err
-    os.replace(partial, target)
+    finally:  # also on Ctrl-C
+        partial.unlink(missing_ok=True)
     return target

@@ -44,14 +44,15 @@ def prepare(name: str, source: str | Path | None = None, root: str | Path = "dat
         source = _download(name, module, Path(source) if source else Path(root) / "downloads" / name)
     if source is None:
         raise DataError(f"prepare {name} needs --source PATH (the official archive or its folder) or --download")
-    opened = getattr(module, "open_source", sources.open_source)(Path(source))
+    source = Path(source).expanduser()
+    opened = getattr(module, "open_source", sources.open_source)(source)
     classes = module.classes(opened)
     empty = [split for split in store.SPLITS if not classes.get(split)]
     if empty:
-        raise DataError(f"{Path(source)} holds no {name} classes of split {', '.join(empty)}; "
+        raise DataError(f"{source} holds no {name} classes of split {', '.join(empty)}; "
                         "pass the complete official archive")
     counts, files = store.layout(classes)
-    info = {"path": str(Path(source).resolve()), "sha256": opened.sha256()}
+    info = {"path": str(source.resolve()), "sha256": opened.sha256()}
     with store.PreparedWriter(root, name, image_size, module.CHANNELS, counts, info) as writer:
         if hasattr(module, "fill"):
             module.fill(writer, opened, files, image_size)

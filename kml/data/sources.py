@@ -51,9 +51,8 @@ class Source:
         return h.hexdigest()
 
     def broken(self, err: Exception) -> DataError:
-        return DataError(
-            f"{self.path} is truncated or corrupted ({type(err).__name__}: {err}); download it again"
-        )
+        detail = repr(str(err)[:160])[1:-1]  # some messages quote raw archive bytes
+        return DataError(f"{self.path} is truncated or corrupted ({type(err).__name__}: {detail}); download it again")
 
 
 class FolderSource(Source):

@@ -51,6 +51,8 @@ class PreparedWriter:
         self.final = prepared_dir(root, name, image_size)
         self.tmp = self.final.with_name(f".{self.final.name}.tmp-{os.getpid()}")
         shutil.rmtree(self.tmp, ignore_errors=True)
+        # Folders this attempt creates (deepest first), removed again if it fails.
+        self.created = [p for p in (self.tmp.parent, *self.tmp.parent.parents) if not p.exists()]
         self.tmp.mkdir(parents=True)
         self.name, self.image_size, self.channels, self.source = name, image_size, channels, source
         self.classes = classes
@@ -88,7 +90,7 @@ class PreparedWriter:
             }
         self.images.clear()
         (self.tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        if self.final.exists():  # a stale, manifest-less leftover
+        if self.final.exists():  # an earlier preparation (--force) or a manifest-less leftover
             shutil.rmtree(self.final)
         os.replace(self.tmp, self.final)
         return self.final
@@ -100,10 +102,11 @@ class PreparedWriter:
         if exc_type is not None:
             self.images.clear()
             shutil.rmtree(self.tmp, ignore_errors=True)
-            try:  # the dataset folder too, when this attempt created it and nothing else is there
-                self.tmp.parent.rmdir()
-            except OSError:
-                pass
+            for folder in self.created:
+                try:
+                    folder.rmdir()  # only if still empty
+                except OSError:
+                    break
 
 
 def fill_from_files(writer: PreparedWriter, source: Source, files: dict[str, tuple[str, int]],

@@ -1,0 +1,45 @@
+"""Shared fixtures: the real data folder (../shared/data, or $KML_SHARED_DATA) and real datasets
+prepared from it once per test session, all at REAL_IMAGE_SIZE under one root."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from kml.data.prepare import prepare
+
+SHARED_DATA = Path(os.environ.get("KML_SHARED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
+REAL_IMAGE_SIZE = 28  # small, to keep the session fast on a CPU
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent (set KML_SHARED_DATA to point at it)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def real_image_size() -> int:
+    return REAL_IMAGE_SIZE
+
+
+@pytest.fixture(scope="session")
+def real_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("real_data")
+
+
+@pytest.fixture(scope="session")
+def prepared_omniglot(shared_data, real_root) -> Path:
+    """Root holding omniglot/<REAL_IMAGE_SIZE>px from the full official Omniglot."""
+    prepare("omniglot", shared_data / "omniglot" / "omniglot_png_full.tar.gz", real_root, REAL_IMAGE_SIZE)
+    return real_root
+
+
+@pytest.fixture(scope="session")
+def prepared_miniimagenet(shared_data, real_root) -> Path:
+    """Root holding miniimagenet/<REAL_IMAGE_SIZE>px: the 25-class real stand-in (14/6/5, 500 each)."""
+    source = shared_data / "miniimagenet_subset" / "tinyimagenet64_miniclasses.tar.gz"
+    prepare("miniimagenet", source, real_root, REAL_IMAGE_SIZE)
+    return real_root
