@@ -1,0 +1,117 @@
+"""MAML with optional task modulation (MAML / MMAML / MMAML+KML)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from kml.data.episodes import Batch
+from kml.learners.base import Learner, Modulation, accuracy, detach_modulation, summarise
+from kml.models import Conv4, TaskModulator
+
+Params = dict[str, torch.Tensor]
+
+
+class MAML(Learner):
+    """Inner loop on the backbone's parameters (convs, BN affine, head) only.
+
+    The encoder and the generator are outer-loop parameters: the modulation is computed once per task,
+    from its support set, and held fixed while the backbone adapts.
+    """
+
+    kind = "maml"
+
+    def __init__(
+        self,
+        backbone: Conv4,
+        modulator: TaskModulator | None,
+        way: int,
+        *,
+        inner_lr: float = 0.05,
+        train_steps: int = 5,
+        test_steps: int = 5,
+        grad_clip: float | None = 20.0,
+        first_order: bool = False,
+    ) -> None:
+        if backbone.head is None or backbone.head.out_features != way:
+            raise ValueError("MAML needs a backbone with a `way`-output head")
+        super().__init__(backbone, modulator, way)
+        self.inner_lr = inner_lr
+        self.train_steps = train_steps
+        self.test_steps = test_steps
+        self.grad_clip = grad_clip
+        self.first_order = first_order
+
+    def logits(self, params: Params, x: torch.Tensor, modulation: Modulation) -> torch.Tensor:
+        return functional_call(self.backbone, params, (x,), {"modulation": modulation})
+
+    def adapt(
+        self,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        modulation: Modulation,
+        steps: int,
+        *,
+        create_graph: bool,
+        params: Params | None = None,
+    ) -> Params:
+        """`steps` SGD steps on the support loss from `params` (default: the backbone's own).
+
+        With create_graph the returned parameters keep the second-order graph back to the starting
+        parameters and the modulation; without it the inner gradients are constants, which is
+        first-order MAML (the adapted parameters still depend on the starting ones with Jacobian I).
+        """
+        if params is None:
+            params = dict(self.backbone.named_parameters())
+        # The inner loop is gradient descent, so it needs autograd even inside a caller's no_grad block
+        # (then only the outer graph is missing, as the caller asked).
+        with torch.enable_grad():
+            for _ in range(steps):
+                loss = F.cross_entropy(self.logits(params, support_x, modulation), support_y)
+                grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
+                if self.grad_clip is not None:
+                    # Element-wise clamp, as MMAML, against the occasional exploding inner step.
+                    grads = [g.clamp(-self.grad_clip, self.grad_clip) for g in grads]
+                params = {
+                    name: p - self.inner_lr * g for (name, p), g in zip(params.items(), grads, strict=True)
+                }
+        return params
+
+    def meta_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        losses, accuracies = [], []
+        for t in range(batch.num_tasks):
+            modulation = self.task_modulation(batch.support_x[t])
+            # First order drops every path through the inner gradients, and the modulation reaches the
+            # adapted parameters only through them, so the inner loop may as well see it detached (this
+            # also lets autograd free each inner step's graph right away).
+            inner_modulation = detach_modulation(modulation) if self.first_order else modulation
+            params = self.adapt(
+                batch.support_x[t],
+                batch.support_y[t],
+                inner_modulation,
+                self.train_steps,
+                create_graph=not self.first_order,
+            )
+            logits = self.logits(params, batch.query_x[t], modulation)
+            losses.append(F.cross_entropy(logits, batch.query_y[t]))
+            accuracies.append(accuracy(logits.detach(), batch.query_y[t]))
+        return summarise(losses, accuracies)
+
+    def evaluate(self, batch: Batch) -> torch.Tensor:
+        accuracies = []
+        # Inference tensors cannot be saved for backward, so leave inference mode (should the caller be in
+        # it) and copy the support set out of it for the inner loop.
+        with torch.inference_mode(False):
+            for t in range(batch.num_tasks):
+                support_x, support_y = batch.support_x[t].clone(), batch.support_y[t].clone()
+                with torch.no_grad():
+                    modulation = self.task_modulation(support_x)
+                start = {name: p.detach().requires_grad_() for name, p in self.backbone.named_parameters()}
+                params = self.adapt(
+                    support_x, support_y, modulation, self.test_steps, create_graph=False, params=start
+                )
+                with torch.no_grad():
+                    logits = self.logits(params, batch.query_x[t], modulation)
+                accuracies.append(accuracy(logits, batch.query_y[t]))
+        return torch.stack(accuracies)

@@ -1,0 +1,64 @@
+"""Prototypical networks with optional task modulation (ProtoNet / MProtoNet / MProtoNet+KML)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kml.data.episodes import Batch
+from kml.learners.base import Learner, Modulation, accuracy, summarise
+from kml.models import Conv4, TaskModulator
+
+
+class ProtoNet(Learner):
+    """logits = −‖f(query) − mean_k f(support of class k)‖², f the modulated backbone; no inner loop.
+
+    Support and query go through the backbone separately, so each set is normalised with its own batch
+    statistics (as MAML's support and query forwards are) and the support-side computation, prototypes
+    included, cannot depend on the query images.
+    """
+
+    kind = "protonet"
+
+    def __init__(self, backbone: Conv4, modulator: TaskModulator | None, way: int) -> None:
+        if backbone.head is not None:
+            raise ValueError("ProtoNet embeds with the flattened features: build the backbone without a head")
+        super().__init__(backbone, modulator, way)
+
+    def prototypes(
+        self, support_x: torch.Tensor, support_y: torch.Tensor, modulation: Modulation
+    ) -> torch.Tensor:
+        """Class means of the support embeddings: [way, D]."""
+        embeddings = self.backbone(support_x, modulation=modulation)
+        one_hot = F.one_hot(support_y, self.way).to(embeddings.dtype)  # [N*K, way]
+        return (one_hot.T @ embeddings) / one_hot.sum(dim=0).unsqueeze(1)
+
+    def query_logits(
+        self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor
+    ) -> torch.Tensor:
+        """One task: [N*Q, way] logits."""
+        modulation = self.task_modulation(support_x)
+        prototypes = self.prototypes(support_x, support_y, modulation)
+        queries = self.backbone(query_x, modulation=modulation)
+        # The explicit difference (not ‖q‖² − 2q·p + ‖p‖²) avoids cancellation between large terms.
+        return -(queries.unsqueeze(1) - prototypes.unsqueeze(0)).pow(2).sum(dim=-1)
+
+    def meta_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        losses, accuracies = [], []
+        for t in range(batch.num_tasks):
+            logits = self.query_logits(batch.support_x[t], batch.support_y[t], batch.query_x[t])
+            losses.append(F.cross_entropy(logits, batch.query_y[t]))
+            accuracies.append(accuracy(logits.detach(), batch.query_y[t]))
+        return summarise(losses, accuracies)
+
+    @torch.no_grad()
+    def evaluate(self, batch: Batch) -> torch.Tensor:
+        return torch.stack(
+            [
+                accuracy(
+                    self.query_logits(batch.support_x[t], batch.support_y[t], batch.query_x[t]),
+                    batch.query_y[t],
+                )
+                for t in range(batch.num_tasks)
+            ]
+        )

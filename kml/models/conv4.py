@@ -1,0 +1,93 @@
+"""Conv4 backbones: MMAML's strided Conv4 and Finn et al.'s max-pooled Conv4.
+
+Every parameter lives in an ordinary nn.Module, and forward() reads them only through attribute
+access, so `torch.func.functional_call(backbone, params, (x,), {"modulation": m})` runs the very same
+network on a MAML inner-loop parameter dict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kml.models.functional import BatchStatNorm2d
+from kml.models.modulation import LayerModulation, LayerShape
+
+
+class ConvBlock(nn.Module):
+    """conv3×3 (pad 1) → BN (batch statistics) → modulation → ReLU [→ max-pool 2]."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, max_pool: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1)
+        self.norm = BatchStatNorm2d(out_channels)
+        self.max_pool = max_pool
+
+    @property
+    def shape(self) -> LayerShape:
+        c_out, c_in, k, _ = self.conv.weight.shape
+        return c_out, c_in, k
+
+    def forward(self, x: torch.Tensor, modulation: LayerModulation | None = None) -> torch.Tensor:
+        weight, bias = self.conv.weight, self.conv.bias
+        if modulation is not None:
+            # Note: any per-channel bias (and KML's bias shift) is removed again by the batch-statistics
+            # BN right below; it is kept because it is part of the published layer and of KML's equation.
+            weight, bias = modulation.kernel(weight), modulation.bias(bias)
+        y = F.conv2d(x, weight, bias, stride=self.conv.stride, padding=self.conv.padding)
+        y = self.norm(y)
+        if modulation is not None:
+            y = modulation.features(y)
+        y = F.relu(y)
+        return F.max_pool2d(y, 2) if self.max_pool else y
+
+
+class Conv4(nn.Module):
+    """Four ConvBlocks; with `num_classes` a linear head on the spatial mean (MAML), else the flattened
+    feature map is the embedding (ProtoNet)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        widths: Sequence[int],
+        stride: int,
+        max_pool: bool,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__()
+        channels = [in_channels, *widths]
+        self.blocks = nn.ModuleList(
+            ConvBlock(c_in, c_out, stride, max_pool)
+            for c_in, c_out in zip(channels, channels[1:], strict=False)
+        )
+        self.head = nn.Linear(channels[-1], num_classes) if num_classes is not None else None
+
+    @property
+    def layer_shapes(self) -> list[LayerShape]:
+        return [block.shape for block in self.blocks]
+
+    def forward(
+        self, x: torch.Tensor, modulation: Sequence[LayerModulation | None] | None = None
+    ) -> torch.Tensor:
+        if modulation is None:
+            modulation = [None] * len(self.blocks)
+        for block, layer_modulation in zip(self.blocks, modulation, strict=True):
+            x = block(x, layer_modulation)
+        if self.head is None:
+            return x.flatten(start_dim=1)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def conv4(in_channels: int = 3, channels: int = 32, num_classes: int | None = None) -> Conv4:
+    """MMAML's backbone: stride-2 convs, no pooling, widths channels·(1, 2, 4, 8)."""
+    return Conv4(
+        in_channels, [channels * m for m in (1, 2, 4, 8)], stride=2, max_pool=False, num_classes=num_classes
+    )
+
+
+def conv4_maxpool(in_channels: int = 3, channels: int = 64, num_classes: int | None = None) -> Conv4:
+    """Finn et al.'s backbone for 28 px Omniglot: stride-1 convs, max-pool 2 after each, constant width."""
+    return Conv4(in_channels, [channels] * 4, stride=1, max_pool=True, num_classes=num_classes)

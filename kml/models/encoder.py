@@ -1,0 +1,44 @@
+"""The task encoder h of MMAML / KML: support images of one task → task embedding v."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kml.models.functional import BatchStatNorm2d
+
+
+class TaskEncoder(nn.Module):
+    """4 × [conv3×3 stride 2 → BN → ReLU], spatial mean, Linear + ReLU per image, mean over images.
+
+    It is only ever given the support set: the official KML code also feeds the query images, which
+    leaks query information into the modulation; here the query set cannot influence v.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        channels: Sequence[int] = (32, 64, 128, 256),
+        embedding_dim: int = 128,
+    ) -> None:
+        super().__init__()
+        widths = [in_channels, *channels]
+        self.convs = nn.ModuleList(
+            nn.Conv2d(c_in, c_out, kernel_size=3, stride=2, padding=1)
+            for c_in, c_out in zip(widths, widths[1:], strict=False)
+        )
+        # Batch statistics over the task's support images, like the backbone (see functional.batch_norm).
+        self.norms = nn.ModuleList(BatchStatNorm2d(c) for c in channels)
+        self.project = nn.Linear(channels[-1], embedding_dim)
+        self.embedding_dim = embedding_dim
+
+    def forward(self, support_x: torch.Tensor) -> torch.Tensor:
+        """support_x [N*K, C, H, W] of one task → v [embedding_dim]."""
+        h = support_x
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            h = F.relu(norm(conv(h)))
+        per_image = F.relu(self.project(h.mean(dim=(2, 3))))
+        return per_image.mean(dim=0)

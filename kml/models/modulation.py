@@ -1,0 +1,128 @@
+"""Task-conditioned modulation of the backbone: none, FiLM (MMAML) and Kernel ModuLation (KML).
+
+A generator maps the task embedding v (one vector per task) to one `LayerModulation` per conv layer;
+the backbone applies it. Both generators start at the identity modulation, so a freshly built
+modulated learner computes exactly what the unmodulated one computes: training starts from plain
+MAML / ProtoNet and the generator learns only the task-specific deviation, instead of first having to
+undo random, task-dependent perturbations of every layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+# (C_out, C_in, k) of one conv layer; the generators are sized from the backbone's list of these.
+LayerShape = tuple[int, int, int]
+
+
+class LayerModulation(NamedTuple):
+    """What to change in one conv layer; None fields leave that part untouched.
+
+    A NamedTuple (not a dataclass) because torch's pytree utilities, and so a future vmap over tasks,
+    understand NamedTuples out of the box.
+    """
+
+    kernel_scale: torch.Tensor | None = None  # KML M_l, shaped like the conv weight: Ŵ = W ⊙ (1 + M)
+    bias_shift: torch.Tensor | None = None  # KML g3(v) [C_out]: b̂ = b + shift
+    feature_scale: torch.Tensor | None = None  # FiLM γ [C_out], applied after BN: y·(1 + γ) + β
+    feature_shift: torch.Tensor | None = None  # FiLM β [C_out]
+
+    def kernel(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight if self.kernel_scale is None else weight * (1 + self.kernel_scale)
+
+    def bias(self, bias: torch.Tensor | None) -> torch.Tensor | None:
+        if self.bias_shift is None:
+            return bias
+        return self.bias_shift if bias is None else bias + self.bias_shift
+
+    def features(self, y: torch.Tensor) -> torch.Tensor:
+        if self.feature_scale is not None:
+            y = y * (1 + self.feature_scale.view(1, -1, 1, 1))
+        if self.feature_shift is not None:
+            y = y + self.feature_shift.view(1, -1, 1, 1)
+        return y
+
+    def detach(self) -> LayerModulation:
+        return LayerModulation(*(None if t is None else t.detach() for t in self))
+
+
+class FiLMGenerator(nn.Module):
+    """MMAML's FiLM: (γ_l, β_l) = Linear_l(v), applied after the BN of layer l."""
+
+    kind = "film"
+
+    def __init__(self, embedding_dim: int, layer_shapes: Sequence[LayerShape]) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(nn.Linear(embedding_dim, 2 * c_out) for c_out, _, _ in layer_shapes)
+        for head in self.heads:
+            # Zero output layer: γ = β = 0 is the identity modulation (see the module docstring).
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+
+    def forward(self, v: torch.Tensor) -> list[LayerModulation]:
+        modulations = []
+        for head in self.heads:
+            gamma, beta = head(v).chunk(2, dim=-1)
+            modulations.append(LayerModulation(feature_scale=gamma, feature_shift=beta))
+        return modulations
+
+
+class KMLGenerator(nn.Module):
+    """Kernel ModuLation: Ŵ_l = W_l ⊙ (1 + g1_l(v) ⊗ g2_l(v)), b̂_l = b_l + g3_l(v), all g linear.
+
+    The rank-one factorisation needs C_out + C_in·k·k outputs per layer instead of C_out·C_in·k·k
+    (see `full_generator_parameters`).
+    """
+
+    kind = "kml"
+
+    def __init__(self, embedding_dim: int, layer_shapes: Sequence[LayerShape]) -> None:
+        super().__init__()
+        self.embedding_dim = embedding_dim
+        self.layer_shapes = [tuple(shape) for shape in layer_shapes]
+        self.out_factors = nn.ModuleList(nn.Linear(embedding_dim, c_out) for c_out, _, _ in layer_shapes)
+        self.in_factors = nn.ModuleList(nn.Linear(embedding_dim, c_in * k * k) for _, c_in, k in layer_shapes)
+        self.bias_shifts = nn.ModuleList(nn.Linear(embedding_dim, c_out) for c_out, _, _ in layer_shapes)
+        for layer in (*self.out_factors, *self.bias_shifts):
+            # g1 = g3 = 0 makes M = 0 and the shift 0: the identity modulation (module docstring).
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        # g2 keeps PyTorch's default random init on purpose. M = g1 ⊗ g2 is bilinear, so zeroing both
+        # factors would be a saddle where each factor's gradient (∝ the other factor) is zero forever.
+        # A constant g2 = 1 would not do either: M = γ ⊗ 1 only rescales output channels, which the
+        # batch-statistics BN that follows every conv cancels, so g1 would get (almost) no gradient.
+
+    def forward(self, v: torch.Tensor) -> list[LayerModulation]:
+        modulations = []
+        for (c_out, c_in, k), g1, g2, g3 in zip(
+            self.layer_shapes, self.out_factors, self.in_factors, self.bias_shifts, strict=True
+        ):
+            kernel_scale = torch.outer(g1(v), g2(v)).view(c_out, c_in, k, k)
+            modulations.append(LayerModulation(kernel_scale=kernel_scale, bias_shift=g3(v)))
+        return modulations
+
+    def full_generator_parameters(self) -> int:
+        """Parameters of a non-factorised linear generator emitting every layer's whole M_l and bias shift."""
+        return sum(
+            (self.embedding_dim + 1) * (c_out * c_in * k * k + c_out) for c_out, c_in, k in self.layer_shapes
+        )
+
+
+class TaskModulator(nn.Module):
+    """Task encoder followed by a generator: support images of one task → one modulation per conv layer."""
+
+    def __init__(self, encoder: nn.Module, generator: FiLMGenerator | KMLGenerator) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.generator = generator
+
+    @property
+    def kind(self) -> str:
+        return self.generator.kind
+
+    def forward(self, support_x: torch.Tensor) -> list[LayerModulation]:
+        return self.generator(self.encoder(support_x))
