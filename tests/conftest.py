@@ -43,3 +43,13 @@ def prepared_miniimagenet(shared_data, real_root) -> Path:
     source = shared_data / "miniimagenet_subset" / "tinyimagenet64_miniclasses.tar.gz"
     prepare("miniimagenet", source, real_root, REAL_IMAGE_SIZE)
     return real_root
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """Root holding the synthetic benchmark at 16 px (generated once per session)."""
+    from kml.data import synthetic
+
+    root = tmp_path_factory.mktemp("synthetic")
+    synthetic.ensure(root, 16)
+    return root

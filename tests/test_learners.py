@@ -20,7 +20,7 @@ from kml.learners import (
     parameter_counts,
 )
 from kml.learners.base import detach_modulation
-from tests.toy_tasks import ToyMultimodalTasks, train_and_evaluate
+from tests.synthetic_training import tasks, train_and_evaluate
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 COMBINATIONS = [
@@ -143,11 +143,11 @@ def test_first_order_gradient_is_the_query_gradient_at_the_adapted_parameters():
 
 
 @pytest.mark.parametrize("modulation", ["none", "kml"])
-def test_inner_loop_lowers_the_support_loss(modulation):
+def test_inner_loop_lowers_the_support_loss(modulation, synthetic_root):
     torch.manual_seed(0)
     cfg = tiny_config(modulation=modulation, channels=8, embedding_dim=16, way=5)
     learner = build_learner(cfg)
-    batch = ToyMultimodalTasks().sample(3, way=5, shot=5)
+    batch = tasks(synthetic_root, "train", 3, seed=0, shot=5)
     for t in range(batch.num_tasks):
         x, y = batch.support_x[t], batch.support_y[t]
         modulation_t = learner.task_modulation(x)
@@ -322,10 +322,11 @@ def test_method_names_and_kml_reduction_of_the_default_model():
 
 
 @pytest.mark.parametrize("learner_name, modulation", COMBINATIONS)
-def test_every_method_learns_the_toy_multimodal_problem(learner_name, modulation):
+def test_every_method_learns_the_synthetic_benchmark(learner_name, modulation, synthetic_root):
     # Two inner steps while training (five when evaluating) keep the second-order MAML runs at ~10 s each.
     iterations = 80 if learner_name == "maml" else 150
-    initial, final = train_and_evaluate(learner_name, modulation, iterations, channels=8, train_steps=2)
+    initial, final = train_and_evaluate(synthetic_root, learner_name, modulation, iterations, channels=8,
+                                        train_steps=2)
     chance = 1 / 5
     assert final >= 1.5 * chance, (initial, final)
     assert final >= initial + 0.1, (initial, final)
@@ -333,6 +334,7 @@ def test_every_method_learns_the_toy_multimodal_problem(learner_name, modulation
 
 @pytest.mark.slow
 @pytest.mark.parametrize("learner_name, modulation", COMBINATIONS)
-def test_every_method_learns_the_toy_multimodal_problem_long(learner_name, modulation):
-    initial, final = train_and_evaluate(learner_name, modulation, 600, channels=16, train_steps=5, seed=1)
+def test_every_method_learns_the_synthetic_benchmark_long(learner_name, modulation, synthetic_root):
+    initial, final = train_and_evaluate(synthetic_root, learner_name, modulation, 600, channels=16, train_steps=5,
+                                        seed=1)
     assert final >= 0.5, (initial, final)
