@@ -1,24 +1,49 @@
-"""The one entry point: `python launch.py [overrides]` (Hydra; `-m` for sweeps)."""
+"""The one entry point: `python launch.py [overrides]`, `python launch.py -m ...` for sweeps."""
 from __future__ import annotations
 
 import sys
+import warnings
+from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig, OmegaConf
 
-from kml.data.errors import DataError
+import kml  # noqa: F401  (registers the run-folder resolver used by conf/config.yaml)
+
+# conf/hydra/launcher/submitit_slurm.yaml deliberately overrides the plugin's node of the same name (to turn
+# requeue-on-timeout on), which Hydra 1.3 still supports but announces as deprecated on every run.
+warnings.filterwarnings("ignore", message="(?s).*validated against ConfigStore schema with the same name")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> None:
-    from kml.data.benchmark import summary_table
+def main(cfg: DictConfig) -> dict | None:
+    from kml.logger import RunLogger
+    from kml.train import USER_ERRORS, run
 
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    cfg.data.root = to_absolute_path(cfg.data.root)
+    choices = hydra_cfg.runtime.choices
+    logger = RunLogger(run_dir, mode=cfg.logger.mode, project=cfg.logger.project, entity=cfg.logger.entity,
+                       group=cfg.name, name=hydra_cfg.job.override_dirname or "default",
+                       tags=[cfg.benchmark.name, choices.learner, choices.modulation, f"{cfg.shot}shot",
+                             *cfg.logger.tags],
+                       config=OmegaConf.to_container(cfg, resolve=True))
+    exit_code = 1
     try:
-        print(f"benchmark {cfg.benchmark.name}: {cfg.way}-way {cfg.shot}-shot at {cfg.image_size}px")
-        print(summary_table(list(cfg.benchmark.modes), cfg.data.root, cfg.image_size))
-    except DataError as err:
+        results = run(cfg, run_dir, logger)
+        exit_code = 0
+        return results
+    except USER_ERRORS as err:  # fixable from the message alone: one line, no traceback
         print(f"error: {err}", file=sys.stderr)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            raise  # Hydra records the failed job and the sweep goes on
         sys.exit(2)
+    finally:
+        logger.finish(exit_code)
 
 
 if __name__ == "__main__":

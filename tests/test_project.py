@@ -34,3 +34,12 @@ def test_every_benchmark_and_shot_composes(benchmark, shot):
     assert len(cfg.benchmark.modes) == {"2mode": 2, "2mode_dag": 2, "3mode": 3, "5mode": 5, "synthetic": 3}.get(
         benchmark, 1)
     assert cfg.image_size == cfg.benchmark.image_size
+
+
+def test_run_folder_names_are_single_bounded_folders():
+    from kml.run_names import MAX_NAME, folder_name
+
+    assert folder_name("") == "default"
+    assert folder_name("data.root=/a/b,seed=1") == "data.root=_a_b,seed=1"
+    long_a, long_b = "x=" + "1" * 300, "x=" + "1" * 299 + "2"
+    assert len(folder_name(long_a)) == MAX_NAME and folder_name(long_a) != folder_name(long_b)

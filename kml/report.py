@@ -1,0 +1,132 @@
+"""`python -m kml.report DIR... [--out DIR] [--published]`: the paper-style table of a sweep.
+
+Reads every results.json under the given folders. Rows are methods, columns are setups
+(benchmark, way, shot); a cell is overall test accuracy mean ± 95% CI. Single-mode runs are also
+combined into Multi-<method> rows (one specialist per mode, as the paper's Multi-MAML / Multi-ProtoNet)
+for every multi-mode setup whose modes all have a specialist.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+from kml.published import PUBLISHED, SOURCE
+
+
+def find_results(folders: list[str]) -> list[dict]:
+    runs = []
+    for folder in folders:
+        path = Path(folder)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist; pass run or sweep folders (e.g. outputs/NAME)")
+        for file in sorted(path.rglob("results.json")):
+            runs.append({**json.loads(file.read_text()), "path": str(file.parent)})
+    return runs
+
+
+def pooled(parts: list[dict]) -> dict:
+    """Mean ± 1.96·std/√n over the union of the tasks behind several {mean, ci95, n} summaries."""
+    n = sum(p["n"] for p in parts)
+    mean = sum(p["mean"] * p["n"] for p in parts) / n
+    sq = sum((p["n"] - 1) * (p["ci95"] * math.sqrt(p["n"]) / 1.96) ** 2 + p["n"] * (p["mean"] - mean) ** 2
+             for p in parts)
+    std = math.sqrt(sq / (n - 1)) if n > 1 else 0.0
+    return {"mean": mean, "ci95": 1.96 * std / math.sqrt(n), "n": n}
+
+
+def multi_rows(runs: list[dict]) -> list[dict]:
+    """Multi-<method>: per-mode specialists (single-mode runs) assembled for each multi-mode setup."""
+    specialists = {}
+    for r in runs:
+        if len(r["per_mode"]) == 1:
+            mode = next(iter(r["per_mode"]))
+            specialists[(r["method"], mode, r["way"], r["shot"])] = r["per_mode"][mode]
+    setups = {(r["benchmark"], tuple(r["per_mode"]), r["way"], r["shot"]) for r in runs if len(r["per_mode"]) > 1}
+    rows = []
+    for method in sorted({m for m, *_ in specialists}):
+        for benchmark, modes, way, shot in sorted(setups):
+            parts = [specialists.get((method, mode, way, shot)) for mode in modes]
+            if all(parts):
+                rows.append({"method": f"Multi-{method}", "benchmark": benchmark, "way": way, "shot": shot,
+                             "per_mode": dict(zip(modes, parts, strict=True)), "overall": pooled(parts),
+                             "path": "(specialists)"})
+    return rows
+
+
+def build_table(runs: list[dict], published: bool) -> tuple[list[str], list[list[str]], list[dict]]:
+    """(header, rows of formatted cells, flat records for CSV)."""
+    records = []
+    for r in runs + multi_rows(runs):
+        setup = f"{r['benchmark']} {r['way']}w{r['shot']}s"
+        records.append({"method": r["method"], "setup": setup, "source": "ours", **r["overall"]})
+        if published and (r["method"], r["benchmark"], r["way"], r["shot"]) in PUBLISHED:
+            value = PUBLISHED[(r["method"], r["benchmark"], r["way"], r["shot"])]
+            records.append({"method": r["method"], "setup": setup, "source": "paper", "mean": value / 100,
+                            "ci95": None, "n": None})
+    setups = sorted({rec["setup"] for rec in records})
+    keys = sorted({(rec["method"], rec["source"]) for rec in records}, key=lambda k: (k[0], k[1] != "ours"))
+    cells = {}
+    for rec in records:  # several seeds of one cell: keep them all, pooled
+        cells.setdefault((rec["method"], rec["source"], rec["setup"]), []).append(rec)
+    rows = []
+    for method, source in keys:
+        row = [method if source == "ours" else f"{method} (paper)"]
+        for setup in setups:
+            found = cells.get((method, source, setup))
+            if not found:
+                row.append("")
+            elif source == "paper":
+                row.append(f"{100 * found[0]['mean']:.2f}")
+            else:
+                s = pooled(found) if len(found) > 1 else found[0]
+                row.append(f"{100 * s['mean']:.2f} ± {100 * s['ci95']:.2f}")
+        rows.append(row)
+    return ["method", *setups], rows, records
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def plain(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))  # noqa: E731
+    return "\n".join([fmt(header), "  ".join("-" * w for w in widths), *map(fmt, rows)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kml.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folders", nargs="+", help="run or sweep folders holding results.json files")
+    parser.add_argument("--out", help="where to write report.csv and report.md (default: the first folder)")
+    parser.add_argument("--published", action="store_true", help=f"add the published numbers ({SOURCE})")
+    args = parser.parse_args(argv)
+    try:
+        runs = find_results(args.folders)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not runs:
+        print(f"error: no results.json under {' '.join(args.folders)}; did the runs finish?", file=sys.stderr)
+        return 2
+    header, rows, records = build_table(runs, args.published)
+    out = Path(args.out or args.folders[0])
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "report.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["method", "setup", "source", "mean", "ci95", "n"])
+        writer.writeheader()
+        writer.writerows(records)
+    note = f"\n\nPaper numbers: {SOURCE}\n" if args.published else "\n"
+    (out / "report.md").write_text(markdown(header, rows) + note)
+    print(plain(header, rows))
+    print(f"\n{len(runs)} runs; wrote {out / 'report.csv'} and {out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

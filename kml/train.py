@@ -1,0 +1,165 @@
+"""Meta-training with periodic validation, best/last checkpoints and exact resume, then test evaluation."""
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from kml import checkpoint
+from kml.data.benchmark import make_sampler
+from kml.data.errors import DataError
+from kml.evaluate import results_table, summarise, task_accuracies, write_results
+from kml.learners import build_learner, build_optimizer, describe, method_name
+from kml.logger import RunLogger
+
+# Validation and test tasks are drawn from fixed seeds, independent of the training stream.
+VAL_SEED_OFFSET, TEST_SEED_OFFSET = 100_003, 200_003
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+class ConfigError(ValueError):
+    pass
+
+
+USER_ERRORS = (DataError, checkpoint.CheckpointError, TrainingDiverged, ConfigError)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA device is visible; use device=cpu or device=auto")
+    if name not in ("cpu", "cuda"):
+        raise ConfigError(f"device={name!r} is not valid; choose one of: auto, cpu, cuda")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def check_episodes(cfg: DictConfig) -> None:
+    """Fail before training if any split cannot serve the requested episodes (missing data, too few images)."""
+    for split, query in (("train", cfg.train.query), ("val", cfg.eval.query), ("test", cfg.eval.query)):
+        make_sampler(list(cfg.benchmark.modes), split, cfg.way, cfg.shot, query, 1,
+                     root=cfg.data.root, image_size=cfg.image_size)
+
+
+def run(cfg: DictConfig, run_dir: Path, logger: RunLogger) -> dict:
+    """Train (or load `checkpoint` when eval_only), evaluate on the test split, write results.json."""
+    device = pick_device(cfg.device)
+    check_episodes(cfg)
+    if cfg.eval_only:
+        learner = load_for_eval(cfg, device)
+    else:
+        learner = train(cfg, run_dir, logger, device)
+    modes = list(cfg.benchmark.modes)
+    per_mode = task_accuracies(learner, modes, "test", cfg, cfg.eval.tasks_per_mode,
+                               cfg.seed + TEST_SEED_OFFSET, device, desc="test")
+    results = {**summarise(per_mode), "method": method_name(learner), "benchmark": cfg.benchmark.name,
+               "shot": int(cfg.shot), "way": int(cfg.way)}
+    write_results(run_dir / "results.json", results)
+    print(f"\n{results['method']} on {results['benchmark']}, {cfg.way}-way {cfg.shot}-shot (test split)")
+    print(results_table(results))
+    rows = [[m, s["mean"], s["ci95"], s["n"]] for m, s in results["per_mode"].items()]
+    logger.log_table("test/results", ["mode", "accuracy", "ci95", "tasks"],
+                     rows + [["overall", *[results["overall"][k] for k in ("mean", "ci95", "n")]]])
+    logger.summary({"test/accuracy": results["overall"]["mean"],
+                    **{f"test/{m}/accuracy": s["mean"] for m, s in results["per_mode"].items()}})
+    return results
+
+
+def load_for_eval(cfg: DictConfig, device: torch.device):
+    if not cfg.checkpoint:
+        raise ConfigError("eval_only=true needs checkpoint=PATH (a run's best.pt or last.pt)")
+    state = checkpoint.load(cfg.checkpoint)
+    # The model is rebuilt from the checkpoint's own config; the benchmark and episodes come from this run.
+    saved = OmegaConf.create(state["config"])
+    learner = build_learner(OmegaConf.merge(saved, {"way": cfg.way})).to(device)
+    learner.load_state_dict(state["model"])
+    print(f"evaluating {cfg.checkpoint} (iteration {state['iteration']})")
+    return learner
+
+
+def train(cfg: DictConfig, run_dir: Path, logger: RunLogger, device: torch.device):
+    seed_everything(cfg.seed)
+    learner = build_learner(cfg).to(device)
+    optimizer = build_optimizer(learner, cfg)
+    print(describe(learner))
+    modes = list(cfg.benchmark.modes)
+    sampler = make_sampler(modes, "train", cfg.way, cfg.shot, cfg.train.query, cfg.train.meta_batch,
+                           root=cfg.data.root, image_size=cfg.image_size, seed=cfg.seed, policy=cfg.data.mode_policy)
+    last, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    config = OmegaConf.to_container(cfg, resolve=True)
+    start, best = 0, -math.inf
+    if last.exists() and cfg.train.resume:
+        state = checkpoint.load(last)
+        learner.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        start, best = state["iteration"], state["best_val"]
+        print(f"resuming from {last} at iteration {start}")
+
+    def save_last(iteration: int) -> None:
+        checkpoint.save({"model": learner.state_dict(), "optimizer": optimizer.state_dict(),
+                         "sampler": sampler.state_dict(), "torch_rng": torch.get_rng_state(),
+                         "iteration": iteration, "best_val": best, "config": config}, last)
+
+    iterations, saved_at = int(cfg.train.iterations), time.monotonic()
+    bar = tqdm(range(start, iterations), initial=start, total=iterations, desc="meta-train", unit="it")
+    for it in bar:
+        step = it + 1
+        batch = sampler.sample()
+        loss, metrics = learner.meta_loss(batch.to(device))
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"loss is {loss.item()} at iteration {step}; stopped, the last good "
+                                   f"checkpoint is {last if last.exists() else 'none'} (lower learner.lr?)")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % cfg.train.log_every == 0 or step == iterations:
+            logger.log(train_metrics(metrics, batch.mode, modes), step)
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.3f}")
+        validate = step % cfg.train.val_every == 0 or step == iterations
+        if validate:
+            val = summarise(task_accuracies(learner, modes, "val", cfg, cfg.train.val_tasks_per_mode,
+                                            cfg.seed + VAL_SEED_OFFSET, device, desc="validate"))
+            logger.log({"val/accuracy": val["overall"]["mean"],
+                        **{f"val/{m}/accuracy": s["mean"] for m, s in val["per_mode"].items()}}, step)
+            if val["overall"]["mean"] > best:
+                best = val["overall"]["mean"]
+                checkpoint.save({"model": learner.state_dict(), "iteration": step, "best_val": best,
+                                 "config": config}, best_path)
+        if validate or step % cfg.train.checkpoint_every == 0 or \
+                time.monotonic() - saved_at > 60 * cfg.train.checkpoint_minutes:
+            save_last(step)
+            saved_at = time.monotonic()
+    bar.close()
+    if best_path.exists():
+        learner.load_state_dict(checkpoint.load(best_path)["model"])
+    return learner
+
+
+def train_metrics(metrics: dict, modes_of_tasks: torch.Tensor, modes: list[str]) -> dict:
+    out = {f"train/{k}": v for k, v in metrics.items() if isinstance(v, float)}
+    per_task = metrics.get("task_accuracy")
+    if isinstance(per_task, torch.Tensor):
+        for index, mode in enumerate(modes):
+            chosen = modes_of_tasks == index
+            if chosen.any():
+                out[f"train/{mode}/accuracy"] = per_task[chosen].mean().item()
+    return out
+
+
