@@ -1,3 +1,4 @@
+import itertools
 import re
 import tomllib
 from pathlib import Path
@@ -21,19 +22,39 @@ def test_environment_yml_mirrors_pyproject():
     assert {_name(r): r for r in pip} == {_name(r): r for r in wanted}
 
 
-def benchmark_names():
-    return sorted(p.stem for p in (ROOT / "conf" / "benchmark").glob("*.yaml"))
+def names(group):
+    return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("benchmark", benchmark_names())
-@pytest.mark.parametrize("shot", ["1shot", "5shot"])
-def test_every_benchmark_and_shot_composes(benchmark, shot):
+MODES_PER_BENCHMARK = {"2mode": 2, "2mode_dag": 2, "3mode": 3, "5mode": 5, "synthetic": 3}
+
+
+def test_every_benchmark_learner_modulation_and_shot_composes():
+    from hydra import compose, initialize_config_dir
+
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"benchmark={benchmark}", f"shot={shot}"])
-    assert cfg.benchmark.name == benchmark and cfg.shot == int(shot[0])
-    assert len(cfg.benchmark.modes) == {"2mode": 2, "2mode_dag": 2, "3mode": 3, "5mode": 5, "synthetic": 3}.get(
-        benchmark, 1)
-    assert cfg.image_size == cfg.benchmark.image_size
+        configs = {combo: compose(config_name="config", overrides=[
+            f"benchmark={combo[0]}", f"learner={combo[1]}", f"modulation={combo[2]}", f"shot={combo[3]}"])
+            for combo in itertools.product(names("benchmark"), names("learner"), names("modulation"), names("shot"))}
+    for (benchmark, learner, modulation, shot), cfg in configs.items():
+        assert (cfg.benchmark.name, cfg.learner.name, cfg.modulation.name) == (benchmark, learner, modulation)
+        assert cfg.shot == int(shot[0]) and cfg.image_size == cfg.benchmark.image_size
+        assert len(cfg.benchmark.modes) == MODES_PER_BENCHMARK.get(benchmark, 1)
+
+
+@pytest.mark.parametrize("experiment", names("experiment"))
+def test_experiments_compose_and_their_sweeps_expand(experiment):
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+        assert cfg.name == experiment
+        params = cfg.hydra.sweeper.params or {}
+        grid = [[f"{key}={value}" for value in str(values).split(",")] for key, values in params.items()]
+        jobs = list(itertools.product(*grid))
+        for job in jobs:  # every job of the sweep is a valid configuration
+            compose(config_name="config", overrides=[f"experiment={experiment}", *job])
+    if experiment.startswith("paper_") and experiment.endswith("_table"):
+        assert len(jobs) == 3 * 4 * 2  # modulations × multimodal setups × shots
 
 
 def test_run_folder_names_are_single_bounded_folders():

@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from kml import checkpoint
+from kml import checkpoint, report
 from tests.runs import launch, start, tiny_overrides
 
 
@@ -81,6 +81,7 @@ def test_multirun_sweep(synthetic_root, tmp_path, launcher):
     assert sorted(runs) == [0, 1]
     first, second = (json.loads(runs[seed].read_text()) for seed in (0, 1))
     assert first["overall"] != second["overall"]  # different seeds really ran
+    assert report.main([str(sweep)]) == 0 and (sweep / "report.md").is_file()
 
 
 def test_wandb_offline_run_folder(synthetic_root, tmp_path):

@@ -1,0 +1,90 @@
+"""Every user mistake ends in one clear line, before any training, and nothing is lost."""
+import pytest
+import torch
+
+from kml import checkpoint
+from kml.learners.protonet import ProtoNet
+from kml.logger import RunLogger
+from kml.train import TrainingDiverged, run
+from tests.runs import compose, launch, tiny_overrides
+
+
+def error_line(done):
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    return lines[0]
+
+
+def test_unknown_option_names_the_valid_choices(synthetic_root, tmp_path):
+    done = launch(tiny_overrides(synthetic_root) + ["modulation=kernel", f"hydra.run.dir={tmp_path}"])
+    assert done.returncode != 0
+    assert "Could not find 'modulation/kernel'" in done.stderr
+    assert all(choice in done.stderr for choice in ("film", "kml", "none"))
+
+
+def test_impossible_episode_fails_before_training(synthetic_root, tmp_path):
+    # 20 images per synthetic class cannot give 5 shots + 16 queries
+    done = launch(tiny_overrides(synthetic_root) + ["shot=5shot", "eval.query=16", f"hydra.run.dir={tmp_path}"])
+    assert "fewer than shot+query=21" in error_line(done)
+    assert not (tmp_path / "last.pt").exists()
+
+
+def test_missing_data_names_the_prepare_command(tmp_path):
+    done = launch(tiny_overrides(tmp_path / "empty") + ["benchmark=omniglot", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert "python -m kml.data prepare omniglot --source PATH" in error_line(done)
+
+
+def test_bad_device_and_missing_checkpoint(synthetic_root, tmp_path):
+    done = launch(tiny_overrides(synthetic_root) + ["device=tpu", f"hydra.run.dir={tmp_path / 'a'}"])
+    assert "choose one of: auto, cpu, cuda" in error_line(done)
+    done = launch(tiny_overrides(synthetic_root) + ["eval_only=true", f"hydra.run.dir={tmp_path / 'b'}"])
+    assert "needs checkpoint=PATH" in error_line(done)
+
+
+def test_corrupt_checkpoint_is_refused(synthetic_root, tmp_path):
+    bad = tmp_path / "best.pt"
+    bad.write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    done = launch(tiny_overrides(synthetic_root) + ["eval_only=true", f"checkpoint={bad}",
+                                                    f"hydra.run.dir={tmp_path / 'eval'}"])
+    assert "is corrupt or truncated" in error_line(done)
+    # A torn last.pt in a run folder is refused too, instead of silently restarting from scratch.
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "last.pt").write_bytes(b"\x80\x02garbage")
+    done = launch(tiny_overrides(synthetic_root) + [f"hydra.run.dir={run_dir}"])
+    assert "last.pt is corrupt or truncated" in error_line(done)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_root, tmp_path, monkeypatch):
+    cfg = compose(tiny_overrides(synthetic_root) + ["train.checkpoint_every=2", "train.val_every=100"])
+    real_meta_loss, calls = ProtoNet.meta_loss, []
+
+    def poisoned(self, batch):
+        loss, metrics = real_meta_loss(self, batch)
+        calls.append(1)
+        return (loss * float("nan"), metrics) if len(calls) == 7 else (loss, metrics)
+
+    monkeypatch.setattr(ProtoNet, "meta_loss", poisoned)
+    logger = RunLogger(tmp_path, mode="disabled")
+    with pytest.raises(TrainingDiverged, match="loss is nan at iteration 7"):
+        run(cfg, tmp_path, logger)
+    logger.finish(1)
+    state = checkpoint.load(tmp_path / "last.pt")
+    assert state["iteration"] == 6
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
+    target = tmp_path / "last.pt"
+    checkpoint.save({"iteration": 1}, target)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # a kill in the middle of writing
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save({"iteration": 2}, target)
+    assert checkpoint.load(target)["iteration"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind

@@ -1,0 +1,57 @@
+import json
+import math
+
+import pytest
+
+from kml import report
+from kml.evaluate import mean_ci
+
+
+def write(folder, method, benchmark, per_mode_accuracies, shot=1):
+    folder.mkdir(parents=True)
+    per_mode = {mode: mean_ci(acc) for mode, acc in per_mode_accuracies.items()}
+    everything = [a for acc in per_mode_accuracies.values() for a in acc]
+    (folder / "results.json").write_text(json.dumps({
+        "overall": mean_ci(everything), "per_mode": per_mode, "method": method, "benchmark": benchmark,
+        "shot": shot, "way": 5}))
+
+
+def test_pooled_equals_statistics_over_all_tasks():
+    a, b = [0.2, 0.4, 0.9], [0.5, 0.7, 0.6, 0.1]
+    got = report.pooled([mean_ci(a), mean_ci(b)])
+    want = mean_ci(a + b)
+    assert got["n"] == want["n"] and math.isclose(got["mean"], want["mean"])
+    assert math.isclose(got["ci95"], want["ci95"])
+
+
+def test_table_with_multi_rows_and_published(tmp_path, monkeypatch, capsys):
+    write(tmp_path / "a", "MAML", "2mode", {"omniglot": [0.9, 0.8], "miniimagenet": [0.4, 0.5]})
+    write(tmp_path / "b", "MMAML+KML", "2mode", {"omniglot": [0.95, 0.9], "miniimagenet": [0.5, 0.6]})
+    write(tmp_path / "c", "MAML", "omniglot", {"omniglot": [1.0, 0.9]})
+    write(tmp_path / "d", "MAML", "miniimagenet", {"miniimagenet": [0.3, 0.5]})
+    write(tmp_path / "e", "MAML", "fc100", {"fc100": [0.3, 0.5]})  # no multimodal setup uses it alone
+    monkeypatch.setitem(report.PUBLISHED, ("MAML", "2mode", 5, 1), 66.8)
+    assert report.main([str(tmp_path), "--published"]) == 0
+    out = capsys.readouterr().out
+    table = {line.split("  ")[0]: line for line in out.splitlines()}
+    assert "Multi-MAML" in table and "MAML (paper)" in table and "66.80" in table["MAML (paper)"]
+    multi = report.multi_rows(report.find_results([str(tmp_path)]))
+    assert len(multi) == 1 and multi[0]["benchmark"] == "2mode"
+    assert multi[0]["overall"]["mean"] == pytest.approx((1.0 + 0.9 + 0.3 + 0.5) / 4)
+    assert "| Multi-MAML |" in (tmp_path / "report.md").read_text()
+    rows = (tmp_path / "report.csv").read_text().splitlines()
+    assert rows[0] == "method,setup,source,mean,ci95,n" and any(r.startswith("Multi-MAML,2mode 5w1s,ours") for r in rows)
+
+
+def test_seeds_of_one_cell_are_pooled(tmp_path):
+    write(tmp_path / "s0", "ProtoNet", "3mode", {"a": [0.5, 0.6]})
+    write(tmp_path / "s1", "ProtoNet", "3mode", {"a": [0.7, 0.8]})
+    header, rows, _ = report.build_table(report.find_results([str(tmp_path)]), published=False)
+    assert header == ["method", "3mode 5w1s"] and rows[0][1].startswith("65.00 ±")
+
+
+def test_missing_or_empty_folders_are_one_line_errors(tmp_path, capsys):
+    assert report.main([str(tmp_path / "nope")]) == 2
+    assert report.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "does not exist" in err[0] and "no results.json" in err[1]
