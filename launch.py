@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import sys
-import warnings
 from pathlib import Path
 
 import hydra
@@ -11,11 +10,7 @@ from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-import kml  # noqa: F401  (registers the run-folder resolver used by conf/config.yaml)
-
-# conf/hydra/launcher/submitit_slurm.yaml deliberately overrides the plugin's node of the same name (to turn
-# requeue-on-timeout on), which Hydra 1.3 still supports but announces as deprecated on every run.
-warnings.filterwarnings("ignore", message="(?s).*validated against ConfigStore schema with the same name")
+import kml  # noqa: F401  (registers conf/config.yaml's run-folder resolver, quiets a Hydra warning)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

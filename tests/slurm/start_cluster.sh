@@ -65,6 +65,8 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
+# A requeued job waits cred_expire seconds (default 120) before it may start again: keep it short.
+AuthInfo=cred_expire=10
 StateSaveLocation=$STATE_DIR
 SlurmdSpoolDir=$SPOOL_DIR
 SlurmctldPidFile=/run/slurmctld.pid
@@ -82,6 +84,8 @@ JobCompLoc=$LOG_DIR/jobcomp.log
 MpiDefault=none
 MailProg=/bin/true
 SchedulerType=sched/backfill
+# Look at pending jobs every few seconds (defaults 60 and 30), so a requeued job restarts promptly.
+SchedulerParameters=sched_interval=5,bf_interval=5
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 # Jobs that ask for no memory get 1 GB a CPU rather than the whole node.
@@ -97,17 +101,29 @@ PartitionName=$PARTITION Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
 }
 
-conf_current() {  # the running cluster is someone else's, or ours with exactly this configuration
+alive() {  # alive PID: running, and not a zombie waiting to be reaped
+    local _pid _comm state
+    read -r _pid _comm state _ <"/proc/$1/stat" 2>/dev/null && [[ $state != Z ]]
+}
+daemon_running() { [[ -s $1 ]] && alive "$(cat "$1")"; }
+
+ours_current() {  # the running cluster is someone else's, or ours with this configuration and both daemons
     [[ -f $CONF ]] || return 1
     grep -q "^$MARKER" "$CONF" || return 0
-    command -v slurmd >/dev/null && cmp -s <(render_conf) "$CONF"
+    # sinfo alone would still say idle for a minute after slurmd died
+    command -v slurmd >/dev/null && cmp -s <(render_conf) "$CONF" &&
+        daemon_running /run/slurmctld.pid && daemon_running /run/slurmd.pid
 }
 
-if cluster_ready && conf_current; then
+if cluster_ready && ours_current; then
     echo "slurm cluster already up: partition $PARTITION, node $(node_state)"
     exit 0
 fi
 
+if [[ -f $CONF ]] && ! grep -q "^$MARKER" "$CONF" && command -v scontrol >/dev/null && ctld_up; then
+    die "a SLURM cluster not started by this script runs here without a usable partition '$PARTITION'" \
+        "(set KML_SLURM_PARTITION to one of its partitions)"
+fi
 [[ $EUID -eq 0 ]] || die "must run as root to install and start slurm (try: sudo bash $0)"
 
 # --- packages --------------------------------------------------------------------------------------
@@ -147,7 +163,7 @@ stop_by_pidfile() {  # stop_by_pidfile FILE: end the daemon whose pid FILE holds
     [[ -s $1 ]] || return 0
     pid=$(cat "$1")
     kill "$pid" 2>/dev/null || return 0
-    wait_for 15 bash -c "! kill -0 $pid 2>/dev/null" || kill -9 "$pid" 2>/dev/null
+    wait_for 15 eval "! alive $pid" || kill -9 "$pid" 2>/dev/null
 }
 
 new_conf=$(mktemp)
@@ -167,7 +183,6 @@ fi
 
 # --- daemons ---------------------------------------------------------------------------------------
 mkdir -p "$STATE_DIR" "$SPOOL_DIR" "$LOG_DIR"
-daemon_running() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 if ! daemon_running /run/slurmctld.pid; then
     # -i: start even when the saved state is unreadable (e.g. left by another slurm version)
     slurmctld -i >>"$LOG_DIR/slurmctld.start.log" 2>&1 ||
