@@ -16,7 +16,9 @@ import kml  # noqa: F401  (registers conf/config.yaml's run-folder resolver, qui
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> dict | None:
     from kml.logger import RunLogger
-    from kml.train import USER_ERRORS, run
+    from kml.train import USER_ERRORS
+
+    run = task_runner(cfg.task.name)
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -39,6 +41,17 @@ def main(cfg: DictConfig) -> dict | None:
         sys.exit(2)
     finally:
         logger.finish(exit_code)
+
+
+def task_runner(name: str):
+    """The `run(cfg, run_dir, logger) -> results` of a task; imported lazily so each task loads only its own."""
+    if name == "mapper":
+        from kml.mapper.run import run
+    elif name == "transference":
+        from kml.transference import run
+    else:
+        from kml.train import run
+    return run
 
 
 if __name__ == "__main__":

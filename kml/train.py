@@ -17,6 +17,7 @@ from kml.data.errors import DataError
 from kml.evaluate import results_table, summarise, task_accuracies, write_results
 from kml.learners import build_learner, build_optimizer, describe, method_name
 from kml.logger import RunLogger
+from kml.transference import Transference
 
 # Validation and test tasks are drawn from fixed seeds, independent of the training stream.
 VAL_SEED_OFFSET, TEST_SEED_OFFSET = 100_003, 200_003
@@ -118,6 +119,7 @@ def train(cfg: DictConfig, run_dir: Path, logger: RunLogger, device: torch.devic
                          "iteration": iteration, "best_val": best, "config": config}, last)
 
     iterations, saved_at = int(cfg.train.iterations), time.monotonic()
+    analysis = Transference(cfg, device)  # measures at transference.iterations when transference=on
     bar = tqdm(range(start, iterations), initial=start, total=iterations, desc="meta-train", unit="it")
     for it in bar:
         step = it + 1
@@ -129,6 +131,7 @@ def train(cfg: DictConfig, run_dir: Path, logger: RunLogger, device: torch.devic
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        analysis.maybe_measure(learner, step, logger)
         if step % cfg.train.log_every == 0 or step == iterations:
             logger.log(train_metrics(metrics, batch.mode, modes), step)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.3f}")

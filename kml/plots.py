@@ -1,0 +1,69 @@
+"""Figures of the transference analysis, drawn without pyplot (no global backend, no open-figure state)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+POSITIVE, NEGATIVE = "#2a9d8f", "#e76f51"
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(figure)
+    figure.savefig(path, format="png", dpi=110)
+    return path
+
+
+def lr_histograms(lr: np.ndarray, path: Path, title: str, bins: int = 30) -> Path:
+    """One histogram of LR over the sources per target (row of `lr`), in a grid, with the LR = 1 line."""
+    targets = lr.shape[0]
+    columns = min(targets, 4)
+    rows = math.ceil(targets / columns)
+    figure = Figure(figsize=(max(4.2 * columns, 5.5), 3.2 * rows + 0.5), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    finite = lr[np.isfinite(lr)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 2.0)
+    pad = max(high - low, 1e-6) * 0.05
+    # A bin edge at exactly 1, so that every bar is either all positive or all negative transfer.
+    edges = np.union1d(np.linspace(min(low, 1.0) - pad, max(high, 1.0) + pad, bins + 1), [1.0])
+    for j, ax in enumerate(axes):
+        if j >= targets:
+            ax.set_visible(False)
+            continue
+        row = lr[j][np.isfinite(lr[j])]
+        counts, _, patches = ax.hist(row, bins=edges, color=NEGATIVE, edgecolor="white", linewidth=0.4)
+        for patch, left in zip(patches, edges[:-1], strict=True):
+            if left < 1.0:
+                patch.set_facecolor(POSITIVE)
+        ax.axvline(1.0, color="black", linestyle="--", linewidth=1)
+        positive = float((lr[j] < 1).mean())
+        ax.set_title(f"target {j}: {100 * positive:.1f}% positive (LR < 1)", fontsize=10)
+        ax.set_xlabel(r"LR = $L_j(\theta_i^{t+1})\,/\,L_j(\theta^t)$")
+        ax.set_ylabel("source tasks")
+    figure.suptitle(title, fontsize=11)
+    return _save(figure, path)
+
+
+def positive_curve(steps: list[int], fractions: np.ndarray, path: Path, title: str) -> Path:
+    """Share of positive transfer (LR < 1) against the training iteration: each target and their mean."""
+    figure = Figure(figsize=(5.5, 3.6), layout="constrained")
+    ax = figure.subplots()
+    fractions = np.asarray(fractions, dtype=float).reshape(len(steps), -1)
+    if fractions.shape[1] > 1:
+        for j in range(fractions.shape[1]):
+            ax.plot(steps, fractions[:, j], color="grey", alpha=0.4, linewidth=0.8, marker=".",
+                    label="each target" if j == 0 else None)
+    ax.plot(steps, fractions.mean(axis=1), color=POSITIVE, marker="o", linewidth=2, label="mean over targets")
+    ax.legend(fontsize=8, loc="lower left")
+    ax.axhline(0.5, color="black", linestyle=":", linewidth=0.8)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("training iteration")
+    ax.set_ylabel("positive transfer (LR < 1)")
+    ax.set_title(title, fontsize=10)
+    return _save(figure, path)

@@ -1,0 +1,386 @@
+"""Transference between few-shot tasks (Abdollahzadeh et al., NeurIPS 2021): does one outer step on a
+source task help or hurt a target task?
+
+    LR_{i→j} = L_j(Q_j; θ_i^{t+1}, S_j) / L_j(Q_j; θ^t, S_j),   θ_i^{t+1} = θ^t − α ∇_θ L_i(Q_i; θ^t, S_i)
+
+L(Q; θ, S) is a task's meta-training loss, the very term `meta_loss` averages over a meta-batch: the query
+loss after adapting θ on the support set (MAML: the learner's inner loop with its training steps and its
+first/second order; ProtoNet: prototypes of S). θ is every meta-parameter: backbone initialisation, encoder
+and generator. LR < 1 is positive transfer.
+
+The analysis leaves the training state alone: it runs the learner's public methods on copies of the
+parameters through torch.func.functional_call, draws its tasks from its own seeded samplers, and restores
+the global RNG. Source tasks are processed in chunks, vectorised with torch.func.vmap: the per-source
+gradients are vmap(grad) over a chunk, the targets' losses vmap over the chunk's stepped parameters. It
+always uses the learners' per-task methods in the parameters' dtype, whatever their fast path (batched,
+autocast, compile) is set to: same losses, and no reduced-precision noise in ratios that are close to 1.
+
+During training (`transference=on`) kml/train.py calls `Transference.maybe_measure` after the optimiser
+step of each iteration listed in `transference.iterations`; `python launch.py task=transference
+checkpoint=PATH` measures a saved model once (`run`). Each measurement writes
+transference/lr_step{N}.npz, a histogram per target and the positive-transfer curve so far, and logs them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+from torch.func import functional_call, grad, grad_and_value, vmap
+from tqdm import tqdm
+
+from kml import checkpoint
+from kml.data.benchmark import make_sampler
+from kml.data.episodes import Batch
+from kml.learners import Learner
+from kml.learners.base import detach_modulation
+from kml.logger import RunLogger
+
+# The analysis draws its own tasks, apart from the training, validation and test streams of kml/train.py.
+SOURCE_SEED_OFFSET, TARGET_SEED_OFFSET = 300_007, 400_009
+SPLITS = ("val", "test")
+FOLDER = "transference"
+
+Params = dict[str, torch.Tensor]
+
+
+class _TaskLoss(nn.Module):
+    """One task's meta-training loss through the learner's public methods.
+
+    A module around the learner so that functional_call can run it on any parameter dict (its keys are the
+    learner's parameter names prefixed with "learner.").
+    """
+
+    def __init__(self, learner: Learner) -> None:
+        super().__init__()
+        self.learner = learner
+
+    def forward(self, support_x, support_y, query_x, query_y, outer_graph: bool) -> torch.Tensor:
+        learner = self.learner
+        if learner.kind == "protonet":
+            logits = learner.query_logits(support_x, support_y, query_x)
+        elif learner.kind == "maml":
+            modulation = learner.task_modulation(support_x)
+            # As MAML.meta_loss: first order sees the modulation detached in the inner loop.
+            inner = detach_modulation(modulation) if learner.first_order else modulation
+            adapted = learner.adapt(support_x, support_y, inner, learner.train_steps,
+                                    create_graph=outer_graph and not learner.first_order,
+                                    params=dict(learner.backbone.named_parameters()))
+            logits = learner.logits(adapted, query_x, modulation)
+        else:
+            raise ValueError(f"transference supports maml and protonet learners, not {learner.kind!r}")
+        return F.cross_entropy(logits, query_y)
+
+
+def meta_parameters(learner: Learner) -> Params:
+    """Copies of every meta-parameter, keyed for _TaskLoss."""
+    return {f"learner.{name}": p.detach().clone() for name, p in learner.named_parameters()}
+
+
+def _task_tensors(batch: Batch) -> tuple[torch.Tensor, ...]:
+    return batch.support_x, batch.support_y, batch.query_x, batch.query_y
+
+
+def source_gradients(module: _TaskLoss, params: Params, sources: Batch) -> tuple[Params, torch.Tensor]:
+    """∇_θ L_i and L_i at θ for every task i of `sources`: ([T, ...] per parameter, [T])."""
+
+    def loss(p, *task):
+        return functional_call(module, p, task, {"outer_graph": True})
+
+    # The labels go in unbatched: ProtoNet's one_hot checks their range, a data-dependent step that vmap
+    # cannot batch. Sampled batches share one label layout across tasks; a batch that does not is run
+    # task by task.
+    if not all(torch.equal(y, y[:1].expand_as(y)) for y in (sources.support_y, sources.query_y)):
+        parts = [source_gradients(module, params, sources.task(t)) for t in range(sources.num_tasks)]
+        return ({name: torch.cat([g[name] for g, _ in parts]) for name in params},
+                torch.cat([losses for _, losses in parts]))
+    batched = vmap(grad_and_value(loss), in_dims=(None, 0, None, 0, None))
+    return batched(params, sources.support_x, sources.support_y[0], sources.query_x, sources.query_y[0])
+
+
+def target_losses(module: _TaskLoss, stacked: Params, target: Batch) -> torch.Tensor:
+    """L_j(Q_j; θ_c, S_j) of the one task in `target` for each θ_c of `stacked` ([C, ...] per parameter)."""
+
+    def loss(p, *task):
+        return functional_call(module, p, task, {"outer_graph": False})
+
+    def without_outer_gradient(p, *task):
+        # MAML's inner loop calls torch.autograd.grad, which works under vmap only inside a torch.func.grad
+        # level. The differentiated output here is a constant, so no outer backward pass is ever computed.
+        def constant_and_loss(q):
+            value = loss(q, *task)
+            return value.new_zeros(()), value
+
+        return grad(constant_and_loss, has_aux=True)(p)[1]
+
+    task = [t[0] for t in _task_tensors(target)]
+    return vmap(without_outer_gradient, in_dims=(0, None, None, None, None))(stacked, *task)
+
+
+@dataclass
+class Measurement:
+    lr: torch.Tensor  # [targets, sources]: LR_{i→j} at row j, column i
+    target_loss: torch.Tensor  # [targets]: L_j(Q_j; θ^t, S_j)
+    source_loss: torch.Tensor  # [sources]: L_i(Q_i; θ^t, S_i)
+
+    def positive_fraction(self) -> torch.Tensor:
+        """[targets]: the share of sources with LR < 1."""
+        return (self.lr < 1).double().mean(dim=1)
+
+
+def measure(learner: Learner, source_chunks: Iterable[Batch], targets: Batch, alpha: float,
+            progress: bool = False) -> Measurement:
+    """LR of every (target, source) pair; sources arrive in chunks (each one vmap pass), all on the
+    learner's device in its dtype. The learner's parameters and gradients are not touched."""
+    module = _TaskLoss(learner)
+    params = meta_parameters(learner)
+    target_tasks = [targets.task(j) for j in range(targets.num_tasks)]
+    # L_j(θ^t) per chunk size: the denominator goes through the very same vmap, at the same size, as the
+    # numerators, so equal parameters give bit-equal losses (α = 0 gives LR = 1 exactly).
+    base: dict[int, torch.Tensor] = {}
+    ratios, source_loss = [], []
+    for chunk in tqdm(source_chunks, desc="transference", unit="chunk", leave=False, disable=not progress):
+        grads, losses = source_gradients(module, params, chunk)
+        size = chunk.num_tasks
+        if size not in base:
+            repeated = {name: p.unsqueeze(0).repeat(size, *[1] * p.dim()) for name, p in params.items()}
+            base[size] = torch.stack([target_losses(module, repeated, t) for t in target_tasks])
+        stepped = {name: p - alpha * grads[name] for name, p in params.items()}
+        moved = torch.stack([target_losses(module, stepped, t) for t in target_tasks])
+        ratios.append((moved / base[size]).detach().cpu())
+        source_loss.append(losses.detach().cpu())
+    if not ratios:
+        raise ValueError("no source tasks")
+    return Measurement(lr=torch.cat(ratios, dim=1), target_loss=next(iter(base.values()))[:, 0].detach().cpu(),
+                       source_loss=torch.cat(source_loss))
+
+
+def take(batch: Batch, n: int) -> Batch:
+    """The first n tasks of a batch."""
+    return Batch(batch.support_x[:n], batch.support_y[:n], batch.query_x[:n], batch.query_y[:n], batch.mode[:n])
+
+
+class Transference:
+    """The analysis as configured by the `transference` group (see conf/transference/off.yaml)."""
+
+    def __init__(self, cfg: DictConfig, device: torch.device, training: bool = True) -> None:
+        settings = cfg.transference if "transference" in cfg else None
+        self.enabled = bool(settings is not None and settings.enabled)
+        self.iterations = set() if settings is None else {int(i) for i in settings.iterations}
+        self.cfg, self.device = cfg, device
+        if settings is None:
+            return
+        self.source_mode, self.target_mode = self._modes(cfg)
+        if settings.split not in SPLITS:
+            raise _config_error(f"transference.split={settings.split!r}; choose one of {', '.join(SPLITS)}")
+        if int(settings.sources) < 1 or int(settings.targets) < 1 or int(settings.chunk) < 1:
+            raise _config_error("transference.sources, .targets and .chunk must be at least 1")
+        if training and self.enabled and not any(1 <= i <= cfg.train.iterations for i in self.iterations):
+            raise _config_error(f"transference.iterations={sorted(self.iterations)} has none in 1..train.iterations="
+                                f"{cfg.train.iterations}, so nothing would be measured; set e.g. "
+                                f"transference.iterations=[{cfg.train.iterations}]")
+
+    @staticmethod
+    def _modes(cfg: DictConfig) -> tuple[str, str]:
+        modes, settings = list(cfg.benchmark.modes), cfg.transference
+        chosen = []
+        for key, default in (("source_mode", modes[0]), ("target_mode", modes[min(1, len(modes) - 1)])):
+            mode = settings[key] if settings[key] is not None else default
+            if mode not in modes:
+                raise _config_error(f"transference.{key}={mode!r} is not a mode of benchmark "
+                                    f"{cfg.benchmark.name}; choose one of: {', '.join(modes)}")
+            chosen.append(str(mode))
+        return chosen[0], chosen[1]
+
+    def maybe_measure(self, learner: Learner, step: int, logger: RunLogger) -> dict | None:
+        """The training hook: measure when `step` is one of transference.iterations."""
+        if not self.enabled or step not in self.iterations:
+            return None
+        return self.measure(learner, step, logger)
+
+    def source_chunks(self, dtype: torch.dtype) -> Iterator[Batch]:
+        """The same source tasks at every measurement (a fresh sampler from the same seed)."""
+        cfg, settings = self.cfg, self.cfg.transference
+        chunk, total = int(settings.chunk), int(settings.sources)
+        sampler = make_sampler([self.source_mode], "train", cfg.way, cfg.shot, cfg.train.query, chunk,
+                               root=cfg.data.root, image_size=cfg.image_size,
+                               seed=int(settings.seed) + SOURCE_SEED_OFFSET)
+        for done in range(0, total, chunk):
+            yield take(sampler.sample(), total - done).to(self.device, dtype)
+
+    def target_tasks(self, dtype: torch.dtype) -> Batch:
+        cfg, settings = self.cfg, self.cfg.transference
+        sampler = make_sampler([self.target_mode], settings.split, cfg.way, cfg.shot, cfg.eval.query,
+                               int(settings.targets), root=cfg.data.root, image_size=cfg.image_size,
+                               seed=int(settings.seed) + TARGET_SEED_OFFSET)
+        return sampler.sample().to(self.device, dtype)
+
+    def alpha(self, learner_cfg) -> float:
+        alpha = self.cfg.transference.alpha
+        return float(learner_cfg.get("lr", 1e-3) if alpha is None else alpha)
+
+    def measure(self, learner: Learner, step: int, logger: RunLogger, alpha: float | None = None) -> dict:
+        """Measure, save transference/lr_step{step}.npz and the plots under logger.run_dir, log them."""
+        from kml import plots
+
+        alpha = self.alpha(self.cfg.learner) if alpha is None else alpha
+        dtype = next(learner.parameters()).dtype
+        devices = [self.device] if self.device.type == "cuda" else []
+        started = time.perf_counter()
+        with torch.random.fork_rng(devices=devices):
+            result = measure(learner, self.source_chunks(dtype), self.target_tasks(dtype), alpha, progress=True)
+        seconds = time.perf_counter() - started
+        folder = Path(logger.run_dir) / FOLDER
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"lr_step{step}.npz"
+        np.savez(path, lr=result.lr.numpy(), target_loss=result.target_loss.numpy(),
+                 source_loss=result.source_loss.numpy(), source_mode=self.source_mode,
+                 target_mode=self.target_mode, alpha=alpha, step=step, split=self.cfg.transference.split,
+                 seed=int(self.cfg.transference.seed))
+        label = f"{self.source_mode} → {self.target_mode} ({self.cfg.transference.split})"
+        histogram = plots.lr_histograms(result.lr.numpy(), folder / f"histogram_step{step}.png",
+                                        f"{label}, iteration {step}, α = {alpha:g}")
+        steps, fractions = history(folder)
+        curve = plots.positive_curve(steps, fractions, folder / "positive_fraction.png", label)
+        fraction = result.positive_fraction()
+        summary = {"transference/positive_fraction": fraction.mean().item(),
+                   "transference/lr_median": result.lr.median().item(),
+                   "transference/lr_mean": result.lr.mean().item(),
+                   "transference/target_loss": result.target_loss.mean().item(),
+                   "transference/pairs_per_second": result.lr.numel() / seconds}
+        # The table first: log_table has no step, and W&B moves its step on after a step-less log, so after
+        # anything logged at `step` it would reject the training's own metrics of this iteration.
+        rows = [[j, i, float(lr)] for j, row in enumerate(result.lr.tolist()) for i, lr in enumerate(row)]
+        logger.log_table(f"transference/lr_step{step}", ["target", "source", "lr"], rows)
+        logger.log(summary, step)
+        logger.log_image("transference/histogram", histogram, step)
+        logger.log_image("transference/positive_fraction_curve", curve, step)
+        tqdm.write(f"transference at iteration {step}: {100 * fraction.mean().item():.1f}% positive "
+                   f"({result.lr.shape[1]} sources × {result.lr.shape[0]} targets, {seconds:.1f} s)")
+        return {**summary, "step": step, "alpha": alpha, "path": str(path), "seconds": seconds}
+
+
+def history(folder: Path) -> tuple[list[int], np.ndarray]:
+    """Every measurement saved in `folder` (a resumed run included): steps and [measurements, targets]
+    positive fractions, in step order."""
+    found = []
+    for path in folder.glob("lr_step*.npz"):
+        with np.load(path) as saved:
+            found.append((int(saved["step"]), (saved["lr"] < 1).mean(axis=1)))
+    found.sort(key=lambda item: item[0])
+    return [s for s, _ in found], np.array([f for _, f in found])
+
+
+def _config_error(message: str) -> Exception:
+    from kml.train import ConfigError  # here, not at the top: kml.train imports this module
+
+    return ConfigError(message)
+
+
+def run(cfg: DictConfig, run_dir: Path, logger: RunLogger) -> dict:
+    """`python launch.py task=transference checkpoint=PATH`: measure a saved model once."""
+    from kml.train import load_for_eval, pick_device
+
+    if "transference" not in cfg:
+        raise _config_error("task=transference needs the transference group: add +transference=off")
+    device = pick_device(cfg.device)
+    analysis = Transference(cfg, device, training=False)
+    if not cfg.checkpoint:
+        raise _config_error("task=transference needs checkpoint=PATH (a run's best.pt or last.pt)")
+    learner = load_for_eval(cfg, device)
+    state = checkpoint.load(cfg.checkpoint)
+    # α defaults to the outer learning rate the checkpoint was trained with.
+    alpha = analysis.alpha(state["config"]["learner"])
+    return analysis.measure(learner, int(state["iteration"]), logger, alpha=alpha)
+
+
+
+
+def _default_config() -> DictConfig:
+    """What `python launch.py` composes (conf/ of this checkout), with the transference group's defaults."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose(config_name="config")
+    if "transference" not in cfg:
+        OmegaConf.set_struct(cfg, False)
+        cfg.transference = OmegaConf.load(conf / "transference" / "off.yaml")
+    return cfg
+
+
+def _median_seconds(work, repeats: int) -> float:
+    work()  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))
+
+
+def benchmark(root: str | Path = "data", quick: bool = False, device: str = "cpu") -> list[tuple[str, float, str]]:
+    """(what, value, unit) rows for `python launch.py`'s model and episodes (MMAML+KML, conv4-32, 5-way
+    1-shot, 15 queries, 32 px synthetic): source-target pairs per second in chunks of transference.chunk
+    and one source at a time, a training iteration, and the cost of the default measurements (sources ×
+    targets at each of transference.iterations) on a run of max(iterations) iterations."""
+    from kml.data import synthetic
+    from kml.learners import build_learner, build_optimizer
+
+    cfg = _default_config()
+    settings = cfg.transference
+    size, count, repeats = (16, 4, 1) if quick else (int(cfg.image_size), 2 * int(settings.chunk), 3)
+    chunk = min(int(settings.chunk), count)
+    synthetic.ensure(root, size)
+    torch.manual_seed(0)
+    learner = build_learner(cfg).to(device)
+    modes = list(cfg.benchmark.modes)
+
+    def tasks(mode: str, split: str, n: int, query: int) -> Batch:
+        sampler = make_sampler([mode], split, cfg.way, cfg.shot, query, n, root=root, image_size=size, seed=1)
+        return sampler.sample().to(device)
+
+    sources = tasks(modes[0], "train", count, cfg.train.query)
+    targets = tasks(modes[min(1, len(modes) - 1)], settings.split, 4, cfg.eval.query)
+
+    def pairs_per_second(size: int, target: Batch) -> float:
+        parts = [take(Batch(sources.support_x[i:], sources.support_y[i:], sources.query_x[i:],
+                            sources.query_y[i:], sources.mode[i:]), size) for i in range(0, count, size)]
+        return count * target.num_tasks / _median_seconds(lambda: measure(learner, parts, target, 1e-3), repeats)
+
+    one_target = take(targets, 1)
+    batched = pairs_per_second(chunk, one_target)
+    where = f"{size}px, {device}, {torch.get_num_threads()} threads"
+    rows = [(f"pairs/s, chunks of {chunk}, 1 target ({where})", batched, "pairs/s"),
+            (f"pairs/s, chunks of {chunk}, 4 targets", pairs_per_second(chunk, targets), "pairs/s"),
+            ("pairs/s, one source at a time, 1 target", pairs_per_second(1, one_target), "pairs/s")]
+    optimizer = build_optimizer(learner, cfg)
+    batch = tasks(modes[0], "train", int(cfg.train.meta_batch), cfg.train.query)
+
+    def iteration() -> None:
+        loss, _ = learner.meta_loss(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    iteration_s = _median_seconds(iteration, repeats + 2)
+    pairs, run = int(settings.sources) * int(settings.targets), max(int(i) for i in settings.iterations)
+    # At 1 target (the default) this is the measured time; with more, each source gradient serves several
+    # targets, so the estimate is an upper bound.
+    measurement_s = pairs / batched
+    measurements = len(settings.iterations)
+    return rows + [
+        (f"training iteration (meta-batch {cfg.train.meta_batch})", iteration_s, "s"),
+        (f"one default measurement ({settings.sources} sources x {settings.targets} target)", measurement_s, "s"),
+        ("  the same in training iterations", measurement_s / iteration_s, "iterations"),
+        (f"overhead of {measurements} measurements on a {run:,}-iteration run",
+         100 * measurements * measurement_s / (run * iteration_s), "%"),
+    ]
