@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -60,6 +61,8 @@ def check_episodes(cfg: DictConfig) -> None:
 def run(cfg: DictConfig, run_dir: Path, logger: RunLogger) -> dict:
     """Train (or load `checkpoint` when eval_only), evaluate on the test split, write results.json."""
     device = pick_device(cfg.device)
+    if os.environ.get("SLURM_CPUS_PER_TASK"):  # torch would otherwise use every core of the node
+        torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
     check_episodes(cfg)
     if cfg.eval_only:
         learner = load_for_eval(cfg, device)
