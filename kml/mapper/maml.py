@@ -1,0 +1,101 @@
+"""MAML on the meta-mapper only: the inner loop adapts the mapper to a task's support captions, the outer
+loop learns the mapper's initialisation from the query captions after adaptation. The frozen models
+receive no gradient and are never updated.
+
+First order by default (the inner gradients are treated as constants, so no second derivatives flow
+through the frozen LM); `first_order=False` backpropagates through the inner loop.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from kml.mapper.episodes import Task
+from kml.mapper.frozen_lm import FrozenLM
+from kml.mapper.mapper import MetaMapper
+from kml.mapper.metrics import exact_match
+
+Params = dict[str, torch.Tensor]
+
+
+class MapperMAML(nn.Module):
+    def __init__(self, mapper: MetaMapper, lm: FrozenLM, inner_lr: float = 0.01, train_steps: int = 5,
+                 test_steps: int = 5, first_order: bool = True):
+        super().__init__()
+        self.mapper = mapper
+        self.lm = lm  # a plain object: not a submodule, so not in state_dict() nor switched by .train()
+        self.inner_lr, self.train_steps, self.test_steps = inner_lr, train_steps, test_steps
+        self.first_order = first_order
+        if not first_order:
+            # Second order differentiates through the LM's backward pass; fused attention kernels have no
+            # double backward, the plain implementation has (same numbers, more memory).
+            lm.model.set_attn_implementation("eager")
+
+    @property
+    def device(self) -> torch.device:
+        return self.mapper.prefix.device
+
+    def prefix(self, params: Params, features: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.mapper, params, (features.to(self.device),))
+
+    def loss(self, params: Params, features: torch.Tensor, prompts: list[str], targets: list[str]) -> torch.Tensor:
+        return self.lm.loss(self.prefix(params, features), self.lm.batch(prompts, targets))
+
+    def support_loss(self, params: Params, task: Task) -> torch.Tensor:
+        return self.loss(params, task.support, [""] * len(task.support_text), task.support_text)
+
+    def adapt(self, task: Task, steps: int, params: Params | None = None,
+              create_graph: bool = False) -> tuple[Params, list[float]]:
+        """`steps` SGD steps on the support loss from `params` (default: the mapper's own); also returns the
+        support loss before each step and after the last."""
+        params = dict(self.mapper.named_parameters()) if params is None else params
+        losses = []
+        for _ in range(steps):
+            loss = self.support_loss(params, task)
+            grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
+            params = {name: p - self.inner_lr * g for (name, p), g in zip(params.items(), grads, strict=True)}
+            losses.append(loss.item())
+        with torch.no_grad():
+            losses.append(self.support_loss(params, task).item())
+        return params, losses
+
+    def meta_backward(self, tasks: list[Task]) -> dict[str, float]:
+        """Accumulates the meta-gradient of the mean query loss over `tasks` into the mapper's .grad; one
+        task's graph at a time, so memory does not grow with the meta-batch."""
+        totals = {"loss": 0.0, "support_loss_before": 0.0, "support_loss_after": 0.0}
+        for task in tasks:
+            fast, losses = self.adapt(task, self.train_steps, create_graph=not self.first_order)
+            query = self.loss(fast, task.query, task.query_prompt, task.query_answer)
+            if not torch.isfinite(query):
+                return {**totals, "loss": float("nan")}
+            (query / len(tasks)).backward()
+            totals["loss"] += query.item() / len(tasks)
+            totals["support_loss_before"] += losses[0] / len(tasks)
+            totals["support_loss_after"] += losses[-1] / len(tasks)
+        return totals
+
+    def answer(self, params: Params, features: torch.Tensor, prompts: list[str], max_new_tokens: int) -> list[str]:
+        with torch.no_grad():
+            ids = self.lm.generate(self.prefix(params, features), prompts, max_new_tokens)
+        return [self.lm.decode(t) for t in ids]
+
+    def evaluate(self, task: Task, max_new_tokens: int = 24, steps: int | None = None) -> dict:
+        """Exact-match accuracy on the query before (0 steps) and after adapting on the support set, with
+        the mapper in eval mode (no dropout). The mapper's own parameters are left untouched."""
+        was_training = self.mapper.training
+        self.mapper.eval()
+        try:
+            start = {n: p.detach().requires_grad_() for n, p in self.mapper.named_parameters()}
+            before = self.answer(start, task.query, task.query_prompt, max_new_tokens)
+            with torch.enable_grad():
+                fast, losses = self.adapt(task, self.test_steps if steps is None else steps, start)
+            with torch.no_grad():
+                query_loss = self.loss(fast, task.query, task.query_prompt, task.query_answer).item()
+            after = self.answer(fast, task.query, task.query_prompt, max_new_tokens)
+        finally:
+            self.mapper.train(was_training)
+        score = lambda preds: sum(map(exact_match, preds, task.query_answer)) / len(preds)  # noqa: E731
+        return {"accuracy": score(after), "accuracy_0step": score(before), "query_loss": query_loss,
+                "support_loss_before": losses[0], "support_loss_after": losses[-1], "predictions": after,
+                "predictions_0step": before}
