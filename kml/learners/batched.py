@@ -1,0 +1,262 @@
+"""The tasks of a meta-batch together: the fast path of MAML and ProtoNet, and its switches.
+
+Tasks are laid side by side along the channel axis: images [T, B, C, H, W] become one tensor
+[B, T·C, H, W], each conv layer runs every task's own (adapted, modulated) kernel on its own channels
+(kml.learners.batched_conv), and batch-statistics BN needs no change in that layout: its per-channel
+statistics over (B, H, W) are exactly each task's statistics, so torch's fused batch norm does all
+tasks in one call. An inner step is then ~20 ops on large tensors instead of ~20·T on small ones, which
+is what costs on a CPU at small image sizes (per-op dispatch and Python) and on a GPU (kernel launches).
+With large images on a CPU the work is compute-bound and the tasks go through in smaller groups
+(`tasks_per_pass`), which keeps the activations small.
+
+The gradient of the sum of the tasks' support losses w.r.t. the per-task parameters [T, ...] is each
+task's own inner gradient, so the inner loop, its clamp and the second-order graph are the per-task
+loop's; tests/test_batched.py checks meta-losses and meta-gradients against it in float64.
+
+The task modulation is computed with `torch.func.vmap` over the modulator, i.e. the very code of the
+per-task path; its hand-written batch norm (kml.models.functional.batch_norm) is the vmap-safe one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.func import vmap
+
+from kml.learners import batched_conv
+from kml.models import Conv4, LayerModulation, TaskModulator
+from kml.models.functional import fused_batch_norm
+
+Params = dict[str, torch.Tensor]
+# One LayerModulation per conv layer whose tensors carry a leading task axis T (None: unmodulated).
+BatchedModulation = list[LayerModulation | None]
+
+
+def _flag(value: Any, key: str, allowed: tuple[str, ...]) -> bool | str:
+    if isinstance(value, bool) or value is None:
+        return bool(value)
+    text = str(value).lower()
+    if text in ("true", "false"):
+        return text == "true"
+    if text not in allowed:
+        raise ValueError(f"learner.{key}={value!r}; choose one of true, false, {', '.join(allowed)}")
+    return text
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """The speed switches of conf/learner/{maml,protonet}.yaml. They select how, not what, is computed,
+    except `autocast` (bfloat16 forward passes); results agree to float rounding.
+
+    batched: run a meta-batch's tasks together (this module); auto = on, on CPU and CUDA, where it was
+        measured faster (BENCHMARKS.md). Off = the plain per-task loop, the reference implementation.
+    tasks_per_pass: how many tasks go through together; auto = all on a GPU, on a CPU as many as keep
+        the input images of a pass under CPU_PASS_BYTES (~4 tasks at 32 px, one at 84 px).
+    conv: how a layer's per-task convolutions run (kml.learners.batched_conv): auto (a fixed per-shape
+        rule), timed (the fastest per shape, measured once per process: not bit-reproducible across
+        processes), grouped, per_task or unfold.
+    autocast: bfloat16 autocast of the forward passes (meant for CUDA; off by default everywhere).
+    channels_last: NHWC activations for the batched convs (meant for CUDA; slower on this CPU).
+    compile: torch.compile the batched forward (true = inductor, or a backend name) wherever no second
+        derivative is taken (ProtoNet, first-order MAML, evaluation): torch.compile cannot differentiate
+        its graphs twice, so second-order meta-training always runs eagerly.
+    """
+
+    batched: bool | str = False
+    tasks_per_pass: int | str = "auto"
+    conv: str = "auto"
+    autocast: bool = False
+    channels_last: bool = False
+    compile: bool | str = False
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> FastPath:
+        # A config without these keys (small dicts in tests, the Python API) gets the plain per-task
+        # loop; the learner YAMLs turn the batched path on with `batched: auto`.
+        per_pass = cfg.get("tasks_per_pass", "auto")
+        if per_pass != "auto" and (
+            isinstance(per_pass, bool) or not isinstance(per_pass, int) or per_pass < 1
+        ):
+            raise ValueError(f"learner.tasks_per_pass={per_pass!r}; choose auto or a positive integer")
+        return cls(
+            batched=_flag(cfg.get("batched", False), "batched", ("auto",)),
+            tasks_per_pass=per_pass,
+            conv=str(_flag(cfg.get("conv", "auto"), "conv", batched_conv.SETTINGS)),
+            autocast=bool(_flag(cfg.get("autocast", False), "autocast", ())),
+            channels_last=bool(_flag(cfg.get("channels_last", False), "channels_last", ())),
+            compile=_flag(
+                cfg.get("compile", False), "compile", ("inductor", "aot_eager", "eager", "cudagraphs")
+            ),
+        )
+
+    def passes(self, images: torch.Tensor) -> list[slice]:
+        """The task slices that run together, as even as possible (images: [T, B, C, H, W])."""
+        tasks = images.shape[0]
+        per_pass = self.tasks_per_pass
+        if per_pass == "auto":
+            per_pass = tasks if images.device.type != "cpu" else cpu_tasks_per_pass(images)
+        count = -(-tasks // max(1, min(int(per_pass), tasks)))
+        bounds = [round(i * tasks / count) for i in range(count + 1)]
+        return [slice(start, stop) for start, stop in zip(bounds, bounds[1:], strict=False)]
+
+    def use_batched(self, device: torch.device) -> bool:
+        if self.batched == "auto":
+            return device.type in ("cpu", "cuda")
+        return bool(self.batched)
+
+    def precision(self, device: torch.device) -> contextlib.AbstractContextManager:
+        if not self.autocast:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+
+    def compile_backend(self) -> str | None:
+        if not self.compile:
+            return None
+        return "inductor" if self.compile is True else str(self.compile)
+
+
+class BatchedBackbone:
+    """The backbone's batched forward as the fast path asks for it: eager, or compiled (once per backend)."""
+
+    def __init__(self) -> None:
+        self._compiled: dict[str, Callable] = {}
+
+    def __call__(
+        self,
+        fast_path: FastPath,
+        backbone: Conv4,
+        params: Params,
+        x: torch.Tensor,
+        modulation: BatchedModulation,
+        *,
+        twice: bool,
+    ) -> torch.Tensor:
+        """`twice`: the caller will differentiate the result twice (second-order MAML), so run eagerly."""
+        backend = fast_path.compile_backend()
+        if backend is None or twice:
+            return forward(backbone, params, x, modulation, fast_path.channels_last, fast_path.conv)
+        if backend not in self._compiled:
+            self._compiled[backend] = torch.compile(forward, backend=backend, dynamic=False)
+        # Timing candidates (conv timed) cannot happen inside a traced graph: compiled, it is the rule.
+        conv = "auto" if fast_path.conv == "timed" else fast_path.conv
+        return self._compiled[backend](backbone, params, x, modulation, fast_path.channels_last, conv)
+
+
+def cpu_tasks_per_pass(images: torch.Tensor) -> int:
+    """Tasks per pass on a CPU: as many as keep a pass's input images under CPU_PASS_BYTES.
+
+    On this project's 2-core CPU (BENCHMARKS.md) a second-order MAML+KML step at 32 px took the same
+    time with 2, 4 or 10 tasks per pass and longer one task at a time; at 84 px one task per pass was
+    fastest (5.2 s against 6.5 s with all ten, whose activations are 10× larger and leave the caches).
+    """
+    per_task = images[0].numel() * images.element_size()
+    return max(1, CPU_PASS_BYTES // per_task)
+
+
+# 4 MiB: ~4 tasks of 75 query images at 32 px (0.9 MiB each), one at 84 px (6.3 MiB).
+CPU_PASS_BYTES = 4 * 2**20
+
+
+def select(modulation: BatchedModulation, part: slice) -> BatchedModulation:
+    """The modulation of the tasks in `part`."""
+    return [
+        None if m is None else LayerModulation(*(None if t is None else t[part] for t in m))
+        for m in modulation
+    ]
+
+
+def task_modulation(
+    modulator: TaskModulator | None, support_x: torch.Tensor, layers: int
+) -> BatchedModulation:
+    """Every task's modulation from its own support set [T, N·K, C, H, W] (vmap over tasks)."""
+    if modulator is None:
+        return [None] * layers
+    structure: list[list[str]] = []
+
+    def packed(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # vmap returns tensors only: flatten each LayerModulation to its present fields, rebuilt below.
+        structure.clear()
+        tensors = []
+        for m in modulator(x):
+            present = [name for name in LayerModulation._fields if getattr(m, name) is not None]
+            structure.append(present)
+            tensors.extend(getattr(m, name) for name in present)
+        return tuple(tensors)
+
+    # Contiguous, so that LayerModulation.features can view FiLM's [T, C] as the [T·C] channel layout.
+    flat = iter([t.contiguous() for t in vmap(packed)(support_x)])
+    return [LayerModulation(**{name: next(flat) for name in present}) for present in structure]
+
+
+def detach_modulation(modulation: BatchedModulation) -> BatchedModulation:
+    return [None if m is None else m.detach() for m in modulation]
+
+
+def per_task_parameters(backbone: Conv4, tasks: int, *, detach: bool = False) -> Params:
+    """The backbone's parameters broadcast to [T, ...]: views, so the meta-gradient sums over tasks;
+    with `detach`, fresh leaves (evaluation's inner loop, which builds no outer graph)."""
+    params = {}
+    for name, p in backbone.named_parameters():
+        if detach:
+            params[name] = p.detach().unsqueeze(0).repeat(tasks, *[1] * p.dim()).requires_grad_()
+        else:
+            params[name] = p.unsqueeze(0).expand(tasks, *p.shape)
+    return params
+
+
+def forward(
+    backbone: Conv4,
+    params: Params,
+    x: torch.Tensor,
+    modulation: BatchedModulation,
+    channels_last: bool = False,
+    conv: str = "auto",
+) -> torch.Tensor:
+    """The backbone on every task at once: x [T, B, C, H, W] with params [T, ...] → [T, B, out], where
+    `out` is the head's logits (MAML) or the flattened feature map (ProtoNet), as Conv4.forward."""
+    tasks, images = x.shape[:2]
+    h = x.transpose(0, 1).reshape(images, tasks * x.shape[2], *x.shape[3:])
+    if channels_last:
+        h = h.contiguous(memory_format=torch.channels_last)
+    for i, (block, m) in enumerate(zip(backbone.blocks, modulation, strict=True)):
+        prefix = f"blocks.{i}."
+        weight, bias = params[prefix + "conv.weight"], params[prefix + "conv.bias"]
+        if m is not None:
+            weight, bias = m.kernel(weight), m.bias(bias)
+        h = batched_conv.conv(conv, h, weight, bias, block.conv.stride[0], block.conv.padding[0])
+        norm_weight, norm_bias = params[prefix + "norm.weight"], params[prefix + "norm.bias"]
+        h = fused_batch_norm(h, norm_weight.reshape(-1), norm_bias.reshape(-1), block.norm.eps)
+        if m is not None:
+            h = m.features(h)  # FiLM's [T, C_out] scale and shift, viewed as the [T·C_out] channels
+        h = F.relu(h)
+        if block.max_pool:
+            h = F.max_pool2d(h, 2)
+    if backbone.head is None:
+        return h.reshape(images, tasks, -1).transpose(0, 1)  # [B, T·C, H, W] → [T, B, C·H·W]
+    features = h.mean(dim=(2, 3)).view(images, tasks, -1)  # [B, T, C]
+    logits = torch.einsum("btc,toc->tbo", features, params["head.weight"])
+    return logits + params["head.bias"].unsqueeze(1)
+
+
+def task_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[T, B, way] logits, [T, B] labels → [T] mean cross-entropy of each task."""
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()  # the loss in float32 under autocast
+    losses = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none")
+    return losses.view(labels.shape).mean(dim=1)
+
+
+def task_accuracies(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return (logits.argmax(dim=-1) == labels).float().mean(dim=1)
+
+
+def summarise(losses: torch.Tensor, accuracies: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """kml.learners.base.summarise from [T] tensors: mean loss (differentiable) and float metrics."""
+    loss = losses.mean()
+    loss_value, accuracy_value = torch.stack([loss.detach(), accuracies.mean()]).tolist()
+    return loss, {"loss": loss_value, "accuracy": accuracy_value}
