@@ -77,14 +77,16 @@ class MAML(Learner):
         with torch.enable_grad():
             for _ in range(steps):
                 loss = F.cross_entropy(self.logits(params, support_x, modulation), support_y)
-                grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
-                if self.grad_clip is not None:
-                    # Element-wise clamp, as MMAML, against the occasional exploding inner step.
-                    grads = [g.clamp(-self.grad_clip, self.grad_clip) for g in grads]
-                params = {
-                    name: p - self.inner_lr * g for (name, p), g in zip(params.items(), grads, strict=True)
-                }
+                params = self._inner_step(params, loss, create_graph)
         return params
+
+    def _inner_step(self, params: Params, loss: torch.Tensor, create_graph: bool) -> Params:
+        """One SGD step of the inner loop (per task, or all tasks at once when `loss` sums their losses)."""
+        grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
+        if self.grad_clip is not None:
+            # Element-wise clamp, as MMAML, against the occasional exploding inner step.
+            grads = [g.clamp(-self.grad_clip, self.grad_clip) for g in grads]
+        return {name: p - self.inner_lr * g for (name, p), g in zip(params.items(), grads, strict=True)}
 
     def meta_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         device = batch.support_x.device
@@ -157,12 +159,7 @@ class MAML(Learner):
                 )
                 # The sum over tasks: its gradient w.r.t. task t's parameters is task t's own inner gradient.
                 loss = batched.task_losses(logits, support_y).sum()
-                grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
-                if self.grad_clip is not None:
-                    grads = [g.clamp(-self.grad_clip, self.grad_clip) for g in grads]
-                params = {
-                    name: p - self.inner_lr * g for (name, p), g in zip(params.items(), grads, strict=True)
-                }
+                params = self._inner_step(params, loss, create_graph)
         return params
 
     def _batched_meta_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
