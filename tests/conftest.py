@@ -53,3 +53,14 @@ def synthetic_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
     synthetic.ensure(root, 16)
     return root
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny networks: intra-op threads only add synchronisation overhead (10× slower on 2 busy cores)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

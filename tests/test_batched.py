@@ -21,12 +21,7 @@ MODULATIONS = ["none", "film", "kml"]
 CLIP = 0.05  # small enough to bind on these tiny tasks (checked below)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def learner_pair(learner_name: str, modulation: str, **keys):

@@ -28,14 +28,7 @@ COMBINATIONS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # These networks are tiny: intra-op threads only add synchronisation overhead
-    # (10× slower on 2 busy cores).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_config(learner="maml", modulation="kml", channels=2, embedding_dim=4, **learner_keys):

@@ -26,13 +26,7 @@ CASES = [("maml", "kml", False, False), ("maml", "film", True, False), ("maml", 
          ("protonet", "kml", False, False), ("maml", "kml", False, True), ("protonet", "film", False, True)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # Tiny networks: intra-op threads only add synchronisation overhead on 2 busy cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_learner(kind="maml", modulation="kml", first_order=False, batched=False, seed=0):
