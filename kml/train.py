@@ -136,7 +136,7 @@ def train(cfg: DictConfig, run_dir: Path, logger: RunLogger, device: torch.devic
         optimizer.step()
         analysis.maybe_measure(learner, step, logger)
         if step % cfg.train.log_every == 0 or step == iterations:
-            logger.log(train_metrics(metrics, batch.mode, modes), step)
+            logger.log(train_metrics(metrics), step)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.3f}")
         validate = step % cfg.train.val_every == 0 or step == iterations
         if validate:
@@ -158,14 +158,7 @@ def train(cfg: DictConfig, run_dir: Path, logger: RunLogger, device: torch.devic
     return learner
 
 
-def train_metrics(metrics: dict, modes_of_tasks: torch.Tensor, modes: list[str]) -> dict:
-    out = {f"train/{k}": v for k, v in metrics.items() if isinstance(v, float)}
-    per_task = metrics.get("task_accuracy")
-    if isinstance(per_task, torch.Tensor):
-        for index, mode in enumerate(modes):
-            chosen = modes_of_tasks == index
-            if chosen.any():
-                out[f"train/{mode}/accuracy"] = per_task[chosen].mean().item()
-    return out
+def train_metrics(metrics: dict) -> dict:
+    return {f"train/{k}": v for k, v in metrics.items() if isinstance(v, float)}
 
 
