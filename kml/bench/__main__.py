@@ -1,0 +1,6 @@
+"""Entry point of `python -m kml.bench`; the command line itself is in kml.bench.cli."""
+
+from kml.bench.cli import main
+
+if __name__ == "__main__":
+    main()

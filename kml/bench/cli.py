@@ -1,0 +1,64 @@
+"""Benchmarks that print numbers (never timed assertions): `python -m kml.bench [data|train] [--quick]`.
+
+data:  episodes/s of the samplers.
+train: one meta-iteration (forward + backward + Adam step) of every learner × modulation (× MAML order)
+       on one fixed meta-batch: ms, tasks/s, peak memory, achieved FLOP/s and its fraction of this
+       device's own dense float32 matmul FLOP/s (measured in the same run), and the ratio to a
+       reference MAML step written with the `higher` library (extra `bench`), same model and tasks.
+Without an argument both run. Every figure is a median over repeats after warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from kml.bench.data import bench_data
+from kml.bench.train import bench_train
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m kml.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("what", choices=["data", "train"], nargs="?", help="default: both")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (a smoke test)")
+    parser.add_argument(
+        "--all", action="store_true", help="on a CPU too: 1- and 5-shot, every modulation and order"
+    )
+    parser.add_argument("--image-size", type=int, help="default 84 (16 with --quick)")
+    parser.add_argument(
+        "--repeats", type=int, help="timed repeats (default 3 on CPU, 10 on CUDA, 1 with --quick)"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for train (0 = torch's default)")
+    parser.add_argument("--autocast", action="store_true", help="batched rows: bfloat16 autocast")
+    parser.add_argument(
+        "--channels-last", action="store_true", help="batched rows: channels_last activations"
+    )
+    parser.add_argument(
+        "--compile", help="batched rows: torch.compile backend (where no 2nd derivative is taken)"
+    )
+    parser.add_argument("--verbose", action="store_true", help="print each row as it is measured")
+    parser.add_argument("--root", default="data", help="where synthetic data is cached")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible")
+    if args.what in (None, "data"):
+        rows = bench_data(args.root, args.quick, args.image_size)
+        width = max(len(r[0]) for r in rows)
+        print(f"{'sampler'.ljust(width)}  episodes/s  vs 1000/s goal")
+        for label, rate in rows:
+            print(f"{label.ljust(width)}  {rate:10.0f}  {rate / 1000:6.2f}x")
+    if args.what in (None, "train"):
+        if args.what is None:
+            print()
+        threads = torch.get_num_threads()
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        try:
+            bench_train(args, device)
+        finally:
+            torch.set_num_threads(threads)

@@ -1,0 +1,215 @@
+"""`python -m kml.bench train`: times one meta-iteration (forward + backward + Adam step) of every learner ×
+modulation (× MAML order) × path on one fixed meta-batch, and prints the table with its setup."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from kml.bench.instruments import PeakMemory, count_flops, describe_device, matmul_flops
+from kml.bench.reference import higher_meta_loss, higher_status
+from kml.bench.table import format_table, print_ratios
+from kml.data.episodes import Batch
+from kml.learners import build_learner, build_optimizer
+
+
+@dataclass(frozen=True)
+class Case:
+    learner: str  # maml | protonet
+    modulation: str  # none | film | kml
+    shot: int
+    path: str  # batched | per-task | higher (the reference)
+    first_order: bool = False
+
+    @property
+    def method(self) -> str:
+        names = {"maml": "MAML", "protonet": "ProtoNet"}
+        return names[self.learner] + ("" if self.modulation == "none" else f"+{self.modulation.upper()}")
+
+    @property
+    def order(self) -> str:
+        return "-" if self.learner == "protonet" else ("1st" if self.first_order else "2nd")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    image: int = 84
+    channels: int = 32  # conv4 widths 32-64-128-256, as the MMAML backbone
+    embedding: int = 128
+    encoder: tuple[int, ...] = (32, 64, 128, 256)
+    tasks: int = 10
+    way: int = 5
+    query: int = 15
+    steps: int = 5
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(image=16, channels=4, embedding=8, encoder=(4, 4, 8, 8), tasks=2, query=2, steps=1)
+
+
+def cases(device: torch.device, run_all: bool, quick: bool) -> list[Case]:
+    """Every combination on a GPU or with --all (--quick: 1-shot only); on a CPU by default the 1-shot
+    second-order MAML none/KML and ProtoNet none/KML rows, each also as the per-task loop, and the
+    references."""
+    full = run_all or quick or device.type == "cuda"
+    shots = (1, 5) if run_all or device.type == "cuda" else (1,)
+    modulations = ("none", "film", "kml") if full else ("none", "kml")
+    rows = []
+    for shot in shots:
+        for modulation in modulations:
+            orders = (False, True) if full else (False,)
+            for first_order in orders:
+                for path in ("batched", "per-task"):
+                    rows.append(Case("maml", modulation, shot, path, first_order))
+            if modulation in ("none", "kml") or run_all:
+                rows.append(Case("maml", modulation, shot, "higher"))
+        for modulation in modulations:
+            for path in ("batched", "per-task"):
+                rows.append(Case("protonet", modulation, shot, path))
+    return rows
+
+
+def learner_config(case: Case, sizes: Sizes, fast_path: dict) -> dict:
+    learner = {"name": case.learner, "batched": case.path == "batched"}
+    if case.learner == "maml":
+        learner.update(
+            inner_lr=0.05,
+            train_steps=sizes.steps,
+            test_steps=sizes.steps,
+            grad_clip=20.0,
+            first_order=case.first_order,
+        )
+    if case.path == "batched":
+        learner.update(fast_path)
+    return {
+        "way": sizes.way,
+        "backbone": {"name": "conv4", "channels": sizes.channels},
+        "learner": learner,
+        "modulation": {
+            "name": case.modulation,
+            "embedding_dim": sizes.embedding,
+            "encoder_channels": list(sizes.encoder),
+        },
+    }
+
+
+def random_tasks(sizes: Sizes, shot: int, device: torch.device) -> Batch:
+    """One fixed meta-batch of random images: conv timings do not depend on pixel values."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(sizes.way)
+
+    def images(per_task: int) -> torch.Tensor:
+        shape = (sizes.tasks, per_task, 3, sizes.image, sizes.image)
+        return torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+
+    return Batch(
+        support_x=images(sizes.way * shot),
+        support_y=labels.repeat_interleave(shot).expand(sizes.tasks, -1).clone(),
+        query_x=images(sizes.way * sizes.query),
+        query_y=labels.repeat_interleave(sizes.query).expand(sizes.tasks, -1).clone(),
+        mode=torch.zeros(sizes.tasks, dtype=torch.int64),
+    ).to(device)
+
+
+def measure(case: Case, sizes: Sizes, device: torch.device, repeats: int, fast_path: dict) -> dict:
+    torch.manual_seed(0)
+    cfg = learner_config(case, sizes, fast_path)
+    learner = build_learner(cfg).to(device)
+    optimizer = build_optimizer(learner, cfg)
+    batch = random_tasks(sizes, case.shot, device)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        if case.path == "higher":
+            higher_meta_loss(learner, batch)
+        else:
+            loss, _ = learner.meta_loss(batch)
+            loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    step()  # warm-up: first-touch allocations, and conv auto's one-off timing of its candidates
+    flops = count_flops(step)  # the second warm-up
+    with PeakMemory(device) as memory:  # the third
+        step()
+    times, cpu_times = [], []
+    for _ in range(repeats):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        step()
+        times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
+    seconds = statistics.median(times)
+    return {
+        "case": case,
+        "ms": 1e3 * seconds,
+        "cpu_ms": 1e3 * statistics.median(cpu_times),
+        "tasks_per_s": sizes.tasks / seconds,
+        "peak_mb": memory.bytes / 2**20,
+        "gflop": flops / 1e9,
+        "flops_per_s": flops / seconds,
+    }
+
+
+def bench_train(args: argparse.Namespace, device: torch.device) -> list[dict]:
+    sizes = Sizes.quick() if args.quick else Sizes()
+    if args.image_size:
+        sizes = Sizes(**{**sizes.__dict__, "image": args.image_size})
+    repeats = args.repeats or (1 if args.quick else (10 if device.type == "cuda" else 3))
+    fast_path = {
+        key: value
+        for key, value in (
+            ("autocast", args.autocast),
+            ("channels_last", args.channels_last),
+            ("compile", args.compile),
+        )
+        if value
+    }
+    problem = higher_status()
+    todo = cases(device, args.all, args.quick)
+    if problem is not None:
+        todo = [c for c in todo if c.path != "higher"]
+    load = os.getloadavg()
+    ceiling = matmul_flops(device, args.quick)
+    results = []
+    for case in todo:
+        results.append(measure(case, sizes, device, repeats, fast_path))
+        if args.verbose:
+            print(format_table(results, ceiling)[-1], flush=True)
+    print(
+        f"train: one meta-iteration (forward + backward + Adam step) per row; median of {repeats} after 3 "
+        f"warm-ups (the second counts FLOPs, the third peak memory); CPU ms = process CPU time, which "
+        f"other processes on the machine inflate less than wall time"
+    )
+    print(
+        f"  device {describe_device(device)}, torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+        f"load average {load[0]:.2f} before / {os.getloadavg()[0]:.2f} after"
+    )
+    print(
+        f"  conv4 {sizes.channels}-{2 * sizes.channels}-{4 * sizes.channels}-{8 * sizes.channels}, "
+        f"{sizes.image}px, {sizes.way}-way, {sizes.query} queries, meta-batch {sizes.tasks}, {sizes.steps} inner "
+        f"steps (clamp ±20), random images; encoder {'-'.join(map(str, sizes.encoder))}, v ∈ R^{sizes.embedding}"
+    )
+    print(
+        f"  path: batched = kml.learners.batched (tasks together){', ' + str(fast_path) if fast_path else ''}; "
+        "per-task = the plain loop; higher = reference (higher 0.2.1, second order)"
+    )
+    print(
+        f"  peak MB: {PeakMemory(device).method}; FLOPs: torch FlopCounterMode (grouped-conv backward "
+        f"corrected); matmul ceiling {ceiling / 1e9:.1f} GFLOP/s (float32)"
+    )
+    if problem is not None:
+        print(f"  reference: `higher` does not import ({problem}); the per-task loop rows are the reference")
+    if not (args.all or args.quick or device.type == "cuda"):
+        print(
+            "  CPU default: 1-shot, second-order MAML and ProtoNet, none and KML only (--all for every row)"
+        )
+    for line in format_table(results, ceiling):
+        print(line)
+    print_ratios(results)
+    return results
