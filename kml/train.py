@@ -1,16 +1,13 @@
 """Meta-training with periodic validation, best/last checkpoints and exact resume, then test evaluation."""
 from __future__ import annotations
 
-import math
 import os
 import random
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
 from kml import checkpoint
 from kml.data.benchmark import make_sampler
@@ -18,14 +15,11 @@ from kml.data.errors import DataError
 from kml.evaluate import results_table, summarise, task_accuracies, write_results
 from kml.learners import build_learner, build_optimizer, describe, method_name
 from kml.logger import RunLogger
+from kml.loop import MetaTraining, TrainingDiverged, meta_train
 from kml.transference import Transference
 
 # Validation and test tasks are drawn from fixed seeds, independent of the training stream.
 VAL_SEED_OFFSET, TEST_SEED_OFFSET = 100_003, 200_003
-
-
-class TrainingDiverged(RuntimeError):
-    pass
 
 
 class ConfigError(ValueError):
@@ -104,61 +98,32 @@ def train(cfg: DictConfig, run_dir: Path, logger: RunLogger, device: torch.devic
     modes = list(cfg.benchmark.modes)
     sampler = make_sampler(modes, "train", cfg.way, cfg.shot, cfg.train.query, cfg.train.meta_batch,
                            root=cfg.data.root, image_size=cfg.image_size, seed=cfg.seed, policy=cfg.data.mode_policy)
-    last, best_path = run_dir / "last.pt", run_dir / "best.pt"
-    config = OmegaConf.to_container(cfg, resolve=True)
-    start, best = 0, -math.inf
-    if last.exists() and cfg.train.resume:
-        state = checkpoint.load(last)
-        learner.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        sampler.load_state_dict(state["sampler"])
-        torch.set_rng_state(state["torch_rng"])
-        start, best = state["iteration"], state["best_val"]
-        print(f"resuming from {last} at iteration {start}")
 
-    def save_last(iteration: int) -> None:
-        checkpoint.save({"model": learner.state_dict(), "optimizer": optimizer.state_dict(),
-                         "sampler": sampler.state_dict(), "torch_rng": torch.get_rng_state(),
-                         "iteration": iteration, "best_val": best, "config": config}, last)
-
-    iterations, saved_at = int(cfg.train.iterations), time.monotonic()
-    analysis = Transference(cfg, device)  # measures at transference.iterations when transference=on
-    bar = tqdm(range(start, iterations), initial=start, total=iterations, desc="meta-train", unit="it")
-    for it in bar:
-        step = it + 1
+    def compute_gradients(iteration: int) -> dict[str, float]:
         batch = sampler.sample()
         loss, metrics = learner.meta_loss(batch.to(device))
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"loss is {loss.item()} at iteration {step}; stopped, the last good "
-                                   f"checkpoint is {last if last.exists() else 'none'} (lower learner.lr?)")
-        optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        analysis.maybe_measure(learner, step, logger)
-        if step % cfg.train.log_every == 0 or step == iterations:
-            logger.log(train_metrics(metrics), step)
-            bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.3f}")
-        validate = step % cfg.train.val_every == 0 or step == iterations
-        if validate:
-            val = summarise(task_accuracies(learner, modes, "val", cfg, cfg.train.val_tasks_per_mode,
-                                            cfg.seed + VAL_SEED_OFFSET, device, desc="validate"))
-            logger.log({"val/accuracy": val["overall"]["mean"],
-                        **{f"val/{m}/accuracy": s["mean"] for m, s in val["per_mode"].items()}}, step)
-            if val["overall"]["mean"] > best:
-                best = val["overall"]["mean"]
-                checkpoint.save({"model": learner.state_dict(), "iteration": step, "best_val": best,
-                                 "config": config}, best_path)
-        if validate or step % cfg.train.checkpoint_every == 0 or \
-                time.monotonic() - saved_at > 60 * cfg.train.checkpoint_minutes:
-            save_last(step)
-            saved_at = time.monotonic()
-    bar.close()
-    if best_path.exists():
-        learner.load_state_dict(checkpoint.load(best_path)["model"])
+        return {"loss": metrics["loss"], "accuracy": metrics["accuracy"],
+                **per_mode_accuracy(metrics["task_accuracy"], batch.mode.tolist(), modes)}
+
+    def validate() -> dict[str, float]:
+        val = summarise(task_accuracies(learner, modes, "val", cfg, cfg.train.val_tasks_per_mode,
+                                        cfg.seed + VAL_SEED_OFFSET, device, desc="validate"))
+        return {"accuracy": val["overall"]["mean"], **{f"{m}/accuracy": s["mean"] for m, s in val["per_mode"].items()}}
+
+    analysis = Transference(cfg, device)  # measures at transference.iterations when transference=on
+    meta_train(MetaTraining(learner, optimizer, compute_gradients, validate, score="accuracy",
+                            higher_is_better=True, divergence_hint="lower learner.lr?", resumable={"sampler": sampler},
+                            after_step=lambda step: analysis.maybe_measure(learner, step, logger),
+                            progress=("loss", "accuracy")), cfg, run_dir, logger)
     return learner
 
 
-def train_metrics(metrics: dict) -> dict:
-    return {f"train/{k}": v for k, v in metrics.items() if isinstance(v, float)}
-
-
+def per_mode_accuracy(task_accuracy: list[float], task_mode: list[int], modes: list[str]) -> dict[str, float]:
+    """Mean training accuracy of each mode present in the meta-batch, as train/<mode>/accuracy (multimodal only)."""
+    if len(modes) == 1:
+        return {}
+    totals = {}
+    for accuracy, mode in zip(task_accuracy, task_mode, strict=True):
+        totals.setdefault(modes[mode], []).append(accuracy)
+    return {f"{mode}/accuracy": sum(values) / len(values) for mode, values in totals.items()}

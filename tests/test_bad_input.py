@@ -60,10 +60,11 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_root, tmp_p
     cfg = compose(tiny_overrides(synthetic_root) + ["train.checkpoint_every=2", "train.val_every=100"])
     real_meta_loss, calls = ProtoNet.meta_loss, []
 
-    def poisoned(self, batch):
-        loss, metrics = real_meta_loss(self, batch)
+    def poisoned(self, batch):  # the 7th meta-batch carries NaN images, as a corrupt input would
         calls.append(1)
-        return (loss * float("nan"), metrics) if len(calls) == 7 else (loss, metrics)
+        if len(calls) == 7:
+            batch.support_x = batch.support_x * float("nan")
+        return real_meta_loss(self, batch)
 
     monkeypatch.setattr(ProtoNet, "meta_loss", poisoned)
     logger = RunLogger(tmp_path, mode="disabled")

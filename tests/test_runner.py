@@ -8,6 +8,7 @@ import torch
 import yaml
 
 from kml import checkpoint, report
+from kml.train import per_mode_accuracy
 from tests.runs import launch, start, tiny_overrides
 
 
@@ -31,7 +32,17 @@ def test_end_to_end_training_writes_results(synthetic_root, tmp_path, learner, m
     assert {"best.pt", "last.pt", "metrics.jsonl", ".hydra"} <= {p.name for p in run_dir.iterdir()}
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert any("train/loss" in line for line in lines) and any("val/accuracy" in line for line in lines)
+    # Training accuracy is logged per mode too, each a mean of accuracies in [0, 1].
+    per_mode = {key for line in lines for key in line if key.startswith("train/synthetic_")}
+    assert per_mode == {f"train/{m}/accuracy" for m in results["per_mode"]}
+    assert all(0.0 <= line[key] <= 1.0 for line in lines for key in per_mode & set(line))
     assert checkpoint.load(run_dir / "last.pt")["iteration"] == 20
+
+
+def test_per_mode_training_accuracy_averages_each_modes_tasks():
+    modes = ["a", "b", "c"]
+    assert per_mode_accuracy([1.0, 0.5, 0.0, 0.25], [0, 1, 0, 1], modes) == {"a/accuracy": 0.5, "b/accuracy": 0.375}
+    assert per_mode_accuracy([1.0, 0.0], [0, 0], ["a"]) == {}  # single-mode runs have only train/accuracy
 
 
 def test_killed_run_resumes_to_the_same_result(synthetic_root, tmp_path):

@@ -15,7 +15,8 @@ class Learner(nn.Module):
     """A backbone plus an optional task modulator (encoder + generator).
 
     meta_loss(batch) -> (loss, metrics): the mean query loss over the batch's tasks, with a graph back to
-        every trainable parameter; metrics hold floats, at least "loss" and "accuracy".
+        every trainable parameter; metrics hold the floats "loss" and "accuracy" and the list
+        "task_accuracy" (one float per task, in batch order).
     evaluate(batch) -> [T] query accuracies, without building any outer graph.
 
     `batch` is a kml.data.episodes.Batch already on the learner's device with float images in [0, 1].
@@ -41,7 +42,7 @@ class Learner(nn.Module):
             return [None] * len(self.backbone.blocks)
         return self.modulator(support_x)
 
-    def meta_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def meta_loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
     def evaluate(self, batch: Batch) -> torch.Tensor:
@@ -56,11 +57,10 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(dim=-1) == labels).float().mean()
 
 
-def summarise(
-    losses: list[torch.Tensor], accuracies: list[torch.Tensor]
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Mean loss over tasks (kept differentiable) and float metrics for logging."""
-    loss = torch.stack(losses).mean()
-    # One device→host copy for both numbers: a sync per iteration, not one per metric.
-    loss_value, accuracy_value = torch.stack([loss.detach(), torch.stack(accuracies).mean()]).tolist()
-    return loss, {"loss": loss_value, "accuracy": accuracy_value}
+def summarise(losses: torch.Tensor, accuracies: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Mean loss over the [T] task losses (kept differentiable) and metrics for logging: mean loss and
+    accuracy as floats, and every task's accuracy (the runner averages those per mode)."""
+    loss = losses.mean()
+    # One device→host copy for all numbers: a sync per iteration, not one per metric.
+    values = torch.cat([loss.detach().view(1), accuracies.mean().view(1), accuracies.detach()]).tolist()
+    return loss, {"loss": values[0], "accuracy": values[1], "task_accuracy": values[2:]}

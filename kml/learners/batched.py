@@ -253,10 +253,3 @@ def task_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def task_accuracies(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(dim=-1) == labels).float().mean(dim=1)
-
-
-def summarise(losses: torch.Tensor, accuracies: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-    """kml.learners.base.summarise from [T] tensors: mean loss (differentiable) and float metrics."""
-    loss = losses.mean()
-    loss_value, accuracy_value = torch.stack([loss.detach(), accuracies.mean()]).tolist()
-    return loss, {"loss": loss_value, "accuracy": accuracy_value}

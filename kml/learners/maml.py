@@ -88,7 +88,7 @@ class MAML(Learner):
             grads = [g.clamp(-self.grad_clip, self.grad_clip) for g in grads]
         return {name: p - self.inner_lr * g for (name, p), g in zip(params.items(), grads, strict=True)}
 
-    def meta_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def meta_loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:
         device = batch.support_x.device
         with self.fast_path.precision(device):
             if self.fast_path.use_batched(device):
@@ -104,7 +104,7 @@ class MAML(Learner):
                 return self._batched_evaluate(batch)
             return self._per_task_evaluate(batch)
 
-    def _per_task_meta_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def _per_task_meta_loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:
         losses, accuracies = [], []
         for t in range(batch.num_tasks):
             modulation = self.task_modulation(batch.support_x[t])
@@ -122,7 +122,7 @@ class MAML(Learner):
             logits = self.logits(params, batch.query_x[t], modulation)
             losses.append(F.cross_entropy(logits, batch.query_y[t]))
             accuracies.append(accuracy(logits.detach(), batch.query_y[t]))
-        return summarise(losses, accuracies)
+        return summarise(torch.stack(losses), torch.stack(accuracies))
 
     def _per_task_evaluate(self, batch: Batch) -> torch.Tensor:
         accuracies = []
@@ -162,7 +162,7 @@ class MAML(Learner):
                 params = self._inner_step(params, loss, create_graph)
         return params
 
-    def _batched_meta_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def _batched_meta_loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:
         modulation = batched.task_modulation(self.modulator, batch.support_x, len(self.backbone.blocks))
         # As in the per-task loop: first order may let the inner loop see the modulation detached.
         inner_modulation = batched.detach_modulation(modulation) if self.first_order else modulation
@@ -186,7 +186,7 @@ class MAML(Learner):
             )
             losses.append(batched.task_losses(logits, batch.query_y[part]))
             accuracies.append(batched.task_accuracies(logits.detach(), batch.query_y[part]))
-        return batched.summarise(torch.cat(losses), torch.cat(accuracies))
+        return summarise(torch.cat(losses), torch.cat(accuracies))
 
     def _batched_evaluate(self, batch: Batch) -> torch.Tensor:
         support_x, support_y = batch.support_x.clone(), batch.support_y.clone()

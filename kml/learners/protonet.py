@@ -71,22 +71,22 @@ class ProtoNet(Learner):
             logits.append(-(queries.unsqueeze(2) - prototypes.unsqueeze(1)).pow(2).sum(dim=-1))
         return torch.cat(logits)
 
-    def meta_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def meta_loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:
         device = batch.support_x.device
         with self.fast_path.precision(device):
             if self.fast_path.use_batched(device):
                 logits = self.batched_query_logits(batch.support_x, batch.support_y, batch.query_x)
                 losses = batched.task_losses(logits, batch.query_y)
-                return batched.summarise(losses, batched.task_accuracies(logits.detach(), batch.query_y))
+                return summarise(losses, batched.task_accuracies(logits.detach(), batch.query_y))
             return self._per_task_meta_loss(batch)
 
-    def _per_task_meta_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def _per_task_meta_loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:
         losses, accuracies = [], []
         for t in range(batch.num_tasks):
             logits = self.query_logits(batch.support_x[t], batch.support_y[t], batch.query_x[t])
             losses.append(F.cross_entropy(logits, batch.query_y[t]))
             accuracies.append(accuracy(logits.detach(), batch.query_y[t]))
-        return summarise(losses, accuracies)
+        return summarise(torch.stack(losses), torch.stack(accuracies))
 
     @torch.no_grad()
     def evaluate(self, batch: Batch) -> torch.Tensor:

@@ -7,9 +7,7 @@ mapper. Task i of training is a function of (seed, i) alone, so resuming needs o
 from __future__ import annotations
 
 import json
-import math
 import os
-import time
 from pathlib import Path
 
 import torch
@@ -19,19 +17,13 @@ from tqdm import tqdm
 from kml import checkpoint
 from kml.evaluate import mean_ci, write_results
 from kml.logger import RunLogger
+from kml.loop import MetaTraining, meta_train
 from kml.mapper.encoders import load_lm
 from kml.mapper.frozen_lm import FrozenLM
 from kml.mapper.maml import MapperMAML
 from kml.mapper.mapper import MetaMapper, embedding_scale
 from kml.mapper.sources import test_tasks, training_episodes
-from kml.train import (
-    TEST_SEED_OFFSET,
-    VAL_SEED_OFFSET,
-    ConfigError,
-    TrainingDiverged,
-    pick_device,
-    seed_everything,
-)
+from kml.train import TEST_SEED_OFFSET, VAL_SEED_OFFSET, ConfigError, pick_device, seed_everything
 
 PAPER_SETUP = ("clip_vit_b32", "gpt2")
 
@@ -136,50 +128,18 @@ def train(cfg: DictConfig, run_dir: Path, logger: RunLogger, lm: FrozenLM, devic
                                   weight_decay=float(cfg.task.optimizer.weight_decay))
     print(f"meta-mapper: {sum(p.numel() for p in learner.mapper.parameters()):,} trainable parameters; "
           f"frozen LM {sum(p.numel() for p in lm.model.parameters()):,}")
-    last, best_path = run_dir / "last.pt", run_dir / "best.pt"
-    config = OmegaConf.to_container(cfg, resolve=True)
-    start, best = 0, math.inf
-    if last.exists() and cfg.train.resume:
-        state = checkpoint.load(last)
-        learner.mapper.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        start, best = state["iteration"], state["best_val"]
-        print(f"resuming from {last} at iteration {start}")
+    batch = int(cfg.train.meta_batch)
 
-    def save_last(iteration: int) -> None:
-        checkpoint.save({"model": learner.mapper.state_dict(), "optimizer": optimizer.state_dict(),
-                         "torch_rng": torch.get_rng_state(), "iteration": iteration, "best_val": best,
-                         "config": config}, last)
+    def compute_gradients(iteration: int) -> dict[str, float]:
+        return learner.meta_backward([episodes.task(iteration * batch + j) for j in range(batch)])
 
-    iterations, batch, saved_at = int(cfg.train.iterations), int(cfg.train.meta_batch), time.monotonic()
+    def validate() -> dict[str, float]:
+        val = evaluate(learner, validation, int(cfg.train.val_tasks_per_mode), cfg, "validate")
+        return {key: mean_ci(values)["mean"] for key, values in val.items()}
+
     learner.mapper.train()
-    bar = tqdm(range(start, iterations), initial=start, total=iterations, desc="meta-train", unit="it")
-    for it in bar:
-        step = it + 1
-        optimizer.zero_grad(set_to_none=True)
-        metrics = learner.meta_backward([episodes.task(it * batch + j) for j in range(batch)])
-        if not math.isfinite(metrics["loss"]):
-            raise TrainingDiverged(f"query loss is not finite at iteration {step}; stopped, the last good "
-                                   f"checkpoint is {last if last.exists() else 'none'} (lower task.maml.inner_lr?)")
-        optimizer.step()
-        if step % cfg.train.log_every == 0 or step == iterations:
-            logger.log({f"train/{k}": v for k, v in metrics.items()}, step)
-            bar.set_postfix(loss=f"{metrics['loss']:.3f}")
-        validate = step % cfg.train.val_every == 0 or step == iterations
-        if validate:
-            val = evaluate(learner, validation, int(cfg.train.val_tasks_per_mode), cfg, "validate")
-            summary = {f"val/{k}": mean_ci(v)["mean"] for k, v in val.items()}
-            logger.log(summary, step)
-            if summary["val/query_loss"] < best:
-                best = summary["val/query_loss"]
-                checkpoint.save({"model": learner.mapper.state_dict(), "iteration": step, "best_val": best,
-                                 "config": config}, best_path)
-        if validate or step % cfg.train.checkpoint_every == 0 or \
-                time.monotonic() - saved_at > 60 * cfg.train.checkpoint_minutes:
-            save_last(step)
-            saved_at = time.monotonic()
-    bar.close()
-    if best_path.exists():
-        learner.mapper.load_state_dict(checkpoint.load(best_path)["model"])
+    # Task i of training is a function of (seed, i), so resuming needs no sampler state.
+    meta_train(MetaTraining(learner.mapper, optimizer, compute_gradients, validate, score="query_loss",
+                            higher_is_better=False, divergence_hint="lower task.maml.inner_lr?"),
+               cfg, run_dir, logger)
     return learner

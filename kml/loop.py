@@ -1,0 +1,104 @@
+"""The meta-training loop every task of launch.py shares: progress bar, logging, periodic validation with
+a best checkpoint, an atomic last checkpoint for exact resume, and a stop on a non-finite loss."""
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from kml import checkpoint
+from kml.logger import RunLogger
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+@dataclass
+class MetaTraining:
+    """What differs between tasks; `meta_train` does the rest.
+
+    compute_gradients(iteration) -> metrics: fills the gradients of `optimizer`'s parameters for the
+        0-based iteration and returns its metrics (floats, with "loss"); the loop then steps the optimizer.
+    validate() -> floats logged under val/; `score` names the one that picks best.pt.
+    resumable: further objects with state_dict()/load_state_dict() that last.pt must hold (the sampler).
+    after_step(step): called after each optimizer step (the transference analysis).
+    """
+
+    model: torch.nn.Module  # what the checkpoints hold
+    optimizer: torch.optim.Optimizer
+    compute_gradients: Callable[[int], dict[str, float]]
+    validate: Callable[[], dict[str, float]]
+    score: str
+    higher_is_better: bool
+    divergence_hint: str  # which setting to lower when the loss blows up
+    resumable: dict = field(default_factory=dict)
+    after_step: Callable[[int], None] | None = None
+    progress: tuple[str, ...] = ("loss",)  # metrics shown on the progress bar
+
+
+def meta_train(job: MetaTraining, cfg: DictConfig, run_dir: Path, logger: RunLogger) -> None:
+    """Train to cfg.train.iterations, resuming from run_dir/last.pt when present; ends holding best.pt's
+    weights when validation ran. Training metrics are logged as means over the steps since the last log."""
+    last, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    config = OmegaConf.to_container(cfg, resolve=True)
+    sign = 1.0 if job.higher_is_better else -1.0
+    start, best = 0, -math.inf  # best is kept as sign * score, so larger is always better
+    if last.exists() and cfg.train.resume:
+        state = checkpoint.load(last)
+        job.model.load_state_dict(state["model"])
+        job.optimizer.load_state_dict(state["optimizer"])
+        for name, obj in job.resumable.items():
+            obj.load_state_dict(state[name])
+        torch.set_rng_state(state["torch_rng"])
+        start, best = state["iteration"], state["best_val"]
+        print(f"resuming from {last} at iteration {start}")
+
+    def save_last(iteration: int) -> None:
+        checkpoint.save({"model": job.model.state_dict(), "optimizer": job.optimizer.state_dict(),
+                         **{name: obj.state_dict() for name, obj in job.resumable.items()},
+                         "torch_rng": torch.get_rng_state(), "iteration": iteration, "best_val": best,
+                         "config": config}, last)
+
+    iterations, saved_at = int(cfg.train.iterations), time.monotonic()
+    window = defaultdict(list)  # metric -> values since the last log
+    bar = tqdm(range(start, iterations), initial=start, total=iterations, desc="meta-train", unit="it")
+    for it in bar:
+        step = it + 1
+        job.optimizer.zero_grad(set_to_none=True)
+        metrics = job.compute_gradients(it)
+        if not math.isfinite(metrics["loss"]):
+            raise TrainingDiverged(f"loss is {metrics['loss']} at iteration {step}; stopped, the last good "
+                                   f"checkpoint is {last if last.exists() else 'none'} ({job.divergence_hint})")
+        job.optimizer.step()
+        if job.after_step:
+            job.after_step(step)
+        for key, value in metrics.items():
+            window[key].append(value)
+        if step % cfg.train.log_every == 0 or step == iterations:
+            means = {key: sum(values) / len(values) for key, values in window.items()}
+            window.clear()
+            logger.log({f"train/{key}": value for key, value in means.items()}, step)
+            bar.set_postfix({key: f"{means[key]:.3f}" for key in job.progress})
+        validate = step % cfg.train.val_every == 0 or step == iterations
+        if validate:
+            val = job.validate()
+            logger.log({f"val/{key}": value for key, value in val.items()}, step)
+            if sign * val[job.score] > best:
+                best = sign * val[job.score]
+                checkpoint.save({"model": job.model.state_dict(), "iteration": step, "best_val": best,
+                                 "config": config}, best_path)
+        if validate or step % cfg.train.checkpoint_every == 0 or \
+                time.monotonic() - saved_at > 60 * cfg.train.checkpoint_minutes:
+            save_last(step)
+            saved_at = time.monotonic()
+    bar.close()
+    if best_path.exists():
+        job.model.load_state_dict(checkpoint.load(best_path)["model"])
