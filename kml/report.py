@@ -1,7 +1,8 @@
-"""`python -m kml.report DIR... [--out DIR] [--published]`: the paper-style table of a sweep.
+"""`python -m kml.report DIR... [--out DIR] [--published] [--modes]`: the paper-style table of a sweep.
 
 Reads every results.json under the given folders. Rows are methods, columns are setups
-(benchmark, way, shot); a cell is overall test accuracy mean ± 95% CI. Single-mode runs are also
+(benchmark, way, shot), or with --modes each mode of a setup and its overall; a cell is test accuracy
+mean ± 95% CI. Single-mode runs are also
 combined into Multi-<method> rows (one specialist per mode, as the paper's Multi-MAML / Multi-ProtoNet)
 for every multi-mode setup whose modes all have a specialist.
 """
@@ -14,7 +15,7 @@ import math
 import sys
 from pathlib import Path
 
-from kml.published import PUBLISHED, SOURCE
+from kml.published import PUBLISHED, PUBLISHED_PER_MODE, SOURCE
 
 
 def find_results(folders: list[str]) -> list[dict]:
@@ -57,26 +58,46 @@ def multi_rows(runs: list[dict]) -> list[dict]:
     return rows
 
 
-def build_table(runs: list[dict], published: bool) -> tuple[list[str], list[list[str]], list[dict]]:
-    """(header, rows of formatted cells, flat records for CSV)."""
+def summaries(r: dict, modes: bool) -> list[tuple[str, dict]]:
+    """(mode, {mean, ci95, n}) cells of one run: overall only, or every mode and then overall."""
+    if not modes:
+        return [("overall", r["overall"])]
+    return list(r["per_mode"].items()) + ([("overall", r["overall"])] if len(r["per_mode"]) > 1 else [])
+
+
+def published_value(method: str, benchmark: str, way: int, shot: int, mode: str) -> float | None:
+    if mode == "overall":
+        return PUBLISHED.get((method, benchmark, way, shot))
+    return PUBLISHED_PER_MODE.get((method, benchmark, way, shot, mode))
+
+
+def build_table(runs: list[dict], published: bool, modes: bool = False
+                ) -> tuple[list[str], list[list[str]], list[dict]]:
+    """(header, rows of formatted cells, flat records for CSV). With `modes`, every mode gets a column."""
     records = []
     for r in runs + multi_rows(runs):
         setup = f"{r['benchmark']} {r['way']}w{r['shot']}s"
-        records.append({"method": r["method"], "setup": setup, "source": "ours", **r["overall"]})
-        if published and (r["method"], r["benchmark"], r["way"], r["shot"]) in PUBLISHED:
-            value = PUBLISHED[(r["method"], r["benchmark"], r["way"], r["shot"])]
-            records.append({"method": r["method"], "setup": setup, "source": "paper", "mean": value / 100,
-                            "ci95": None, "n": None})
-    setups = sorted({rec["setup"] for rec in records})
+        for mode, summary in summaries(r, modes):
+            column = f"{setup} {mode}" if modes else setup
+            records.append({"method": r["method"], "setup": setup, "mode": mode, "column": column,
+                            "source": "ours", **summary})
+            value = published_value(r["method"], r["benchmark"], r["way"], r["shot"], mode) if published else None
+            if value is not None:
+                records.append({"method": r["method"], "setup": setup, "mode": mode, "column": column,
+                                "source": "paper", "mean": value / 100, "ci95": None, "n": None})
+    # Multimodal setups first, then the specialists' own; within a setup its modes, then overall.
+    order = {rec["column"]: (rec["setup"][0].isalpha(), rec["setup"], rec["mode"] == "overall", rec["mode"])
+             for rec in records}
+    columns = sorted(order, key=order.get)
     keys = sorted({(rec["method"], rec["source"]) for rec in records}, key=lambda k: (k[0], k[1] != "ours"))
     cells = {}
     for rec in records:  # several seeds of one cell: keep them all, pooled
-        cells.setdefault((rec["method"], rec["source"], rec["setup"]), []).append(rec)
+        cells.setdefault((rec["method"], rec["source"], rec["column"]), []).append(rec)
     rows = []
     for method, source in keys:
         row = [method if source == "ours" else f"{method} (paper)"]
-        for setup in setups:
-            found = cells.get((method, source, setup))
+        for column in columns:
+            found = cells.get((method, source, column))
             if not found:
                 row.append("")
             elif source == "paper":
@@ -85,7 +106,9 @@ def build_table(runs: list[dict], published: bool) -> tuple[list[str], list[list
                 s = pooled(found) if len(found) > 1 else found[0]
                 row.append(f"{100 * s['mean']:.2f} ± {100 * s['ci95']:.2f}")
         rows.append(row)
-    return ["method", *setups], rows, records
+    for rec in records:
+        del rec["column"]
+    return ["method", *columns], rows, records
 
 
 def markdown(header: list[str], rows: list[list[str]]) -> str:
@@ -105,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folders", nargs="+", help="run or sweep folders holding results.json files")
     parser.add_argument("--out", help="where to write report.csv and report.md (default: the first folder)")
     parser.add_argument("--published", action="store_true", help=f"add the published numbers ({SOURCE})")
+    parser.add_argument("--modes", action="store_true", help="a column per mode beside each setup's overall")
     args = parser.parse_args(argv)
     try:
         runs = find_results(args.folders)
@@ -114,11 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     if not runs:
         print(f"error: no results.json under {' '.join(args.folders)}; did the runs finish?", file=sys.stderr)
         return 2
-    header, rows, records = build_table(runs, args.published)
+    header, rows, records = build_table(runs, args.published, args.modes)
     out = Path(args.out or args.folders[0])
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "report.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["method", "setup", "source", "mean", "ci95", "n"])
+        writer = csv.DictWriter(f, fieldnames=["method", "setup", "mode", "source", "mean", "ci95", "n"])
         writer.writeheader()
         writer.writerows(records)
     note = f"\n\nPaper numbers: {SOURCE}\n" if args.published else "\n"

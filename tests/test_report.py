@@ -40,7 +40,25 @@ def test_table_with_multi_rows_and_published(tmp_path, monkeypatch, capsys):
     assert multi[0]["overall"]["mean"] == pytest.approx((1.0 + 0.9 + 0.3 + 0.5) / 4)
     assert "| Multi-MAML |" in (tmp_path / "report.md").read_text()
     rows = (tmp_path / "report.csv").read_text().splitlines()
-    assert rows[0] == "method,setup,source,mean,ci95,n" and any(r.startswith("Multi-MAML,2mode 5w1s,ours") for r in rows)
+    assert rows[0] == "method,setup,mode,source,mean,ci95,n"
+    assert any(r.startswith("Multi-MAML,2mode 5w1s,overall,ours") for r in rows)
+
+
+def test_per_mode_columns(tmp_path, monkeypatch):
+    write(tmp_path / "a", "MAML", "2mode", {"omniglot": [0.9, 0.8], "miniimagenet": [0.4, 0.5]})
+    write(tmp_path / "c", "MAML", "omniglot", {"omniglot": [1.0, 0.9]})
+    write(tmp_path / "d", "MAML", "miniimagenet", {"miniimagenet": [0.3, 0.5]})
+    monkeypatch.setitem(report.PUBLISHED_PER_MODE, ("MAML", "2mode", 5, 1, "omniglot"), 90.0)
+    header, rows, records = report.build_table(report.find_results([str(tmp_path)]), published=True, modes=True)
+    # The multimodal setup first, its modes then overall; then the specialists' own setups.
+    assert header == ["method", "2mode 5w1s miniimagenet", "2mode 5w1s omniglot", "2mode 5w1s overall",
+                      "miniimagenet 5w1s miniimagenet", "omniglot 5w1s omniglot"]
+    table = {row[0]: row[1:] for row in rows}
+    assert table["MAML"][:3] == ["45.00 ± 9.80", "85.00 ± 9.80", "65.00 ± 23.33"]
+    assert table["MAML (paper)"] == ["", "90.00", "", "", ""]
+    # Multi-MAML per mode is each specialist's own result; its overall pools them.
+    assert table["Multi-MAML"][:3] == ["40.00 ± 19.60", "95.00 ± 9.80", "67.50 ± 32.38"]
+    assert {r["mode"] for r in records} == {"omniglot", "miniimagenet", "overall"}
 
 
 def test_seeds_of_one_cell_are_pooled(tmp_path):
