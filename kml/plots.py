@@ -67,3 +67,35 @@ def positive_curve(steps: list[int], fractions: np.ndarray, path: Path, title: s
     ax.set_ylabel("positive transfer (LR < 1)")
     ax.set_title(title, fontsize=10)
     return _save(figure, path)
+
+
+def transference_grid(grid: dict[str, dict[int, np.ndarray]], path: Path, title: str, bins: int = 30) -> Path:
+    """Histograms of LR (all targets pooled) for several runs side by side: a row per run, a column per
+    measured iteration, one shared x range so that shifts between methods and over training show."""
+    names = list(grid)
+    steps = sorted({step for per_step in grid.values() for step in per_step})
+    pooled = [lr[np.isfinite(lr)] for per_step in grid.values() for lr in per_step.values()]
+    values = np.concatenate(pooled) if pooled else np.array([1.0])
+    low, high = np.percentile(values, [0.5, 99.5]) if values.size else (0.0, 2.0)
+    pad = max(high - low, 1e-6) * 0.05
+    edges = np.union1d(np.linspace(min(low, 1.0) - pad, max(high, 1.0) + pad, bins + 1), [1.0])
+    figure = Figure(figsize=(3.4 * len(steps) + 0.6, 2.2 * len(names) + 0.6), layout="constrained")
+    axes = figure.subplots(len(names), len(steps), squeeze=False, sharex=True)
+    for r, name in enumerate(names):
+        for c, step in enumerate(steps):
+            ax = axes[r, c]
+            lr = grid[name].get(step)
+            if lr is None:
+                ax.set_visible(False)
+                continue
+            row = np.clip(lr[np.isfinite(lr)], edges[0], edges[-1])  # outliers land in the end bins
+            _, _, patches = ax.hist(row, bins=edges, color=NEGATIVE, edgecolor="white", linewidth=0.4)
+            for patch, left in zip(patches, edges[:-1], strict=True):
+                if left < 1.0:
+                    patch.set_facecolor(POSITIVE)
+            ax.axvline(1.0, color="black", linestyle="--", linewidth=1)
+            ax.set_title(f"{name}, iteration {step}: {100 * float((lr < 1).mean()):.0f}% LR < 1", fontsize=9)
+            if r == len(names) - 1:
+                ax.set_xlabel("LR (< 1: the source step helped the target)")
+    figure.suptitle(title, fontsize=11)
+    return _save(figure, path)

@@ -15,6 +15,10 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from kml import plots
+from kml.learners.summary import METHOD_NAMES
 from kml.published import PUBLISHED, PUBLISHED_PER_MODE, SOURCE
 
 
@@ -111,6 +115,16 @@ def build_table(runs: list[dict], published: bool, modes: bool = False
     return ["method", *columns], rows, records
 
 
+def transference_by_method(runs: list[dict]) -> dict[str, dict[int, np.ndarray]]:
+    """method -> {iteration: LR matrix} from the runs' transference/lr_step<N>.npz files, in METHOD_NAMES order."""
+    grid = {}
+    for r in runs:
+        for file in Path(r["path"], "transference").glob("lr_step*.npz"):
+            grid.setdefault(r["method"], {})[int(file.stem.removeprefix("lr_step"))] = np.load(file)["lr"]
+    order = {name: i for i, name in enumerate(METHOD_NAMES.values())}
+    return {m: grid[m] for m in sorted(grid, key=lambda m: (order.get(m, len(order)), m))}
+
+
 def markdown(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
@@ -129,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="where to write report.csv and report.md (default: the first folder)")
     parser.add_argument("--published", action="store_true", help=f"add the published numbers ({SOURCE})")
     parser.add_argument("--modes", action="store_true", help="a column per mode beside each setup's overall")
+    parser.add_argument("--transference", metavar="PNG",
+                        help="also draw the runs' transference histograms (a row per method, a column per step)")
     args = parser.parse_args(argv)
     try:
         runs = find_results(args.folders)
@@ -148,6 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     note = f"\n\nPaper numbers: {SOURCE}\n" if args.published else "\n"
     (out / "report.md").write_text(markdown(header, rows) + note)
     print(plain(header, rows))
+    if args.transference:
+        grid = transference_by_method(runs)
+        if grid:
+            title = "transference " + ", ".join(sorted({f"{r['benchmark']} {r['way']}w{r['shot']}s" for r in runs
+                                                        if r["method"] in grid}))
+            print(f"wrote {plots.transference_grid(grid, Path(args.transference), title)}")
+        else:
+            print("no transference measurements (transference/lr_step*.npz) under these runs", file=sys.stderr)
     print(f"\n{len(runs)} runs; wrote {out / 'report.csv'} and {out / 'report.md'}")
     return 0
 

@@ -1,6 +1,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
 from kml import report
@@ -73,3 +74,18 @@ def test_missing_or_empty_folders_are_one_line_errors(tmp_path, capsys):
     assert report.main([str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "does not exist" in err[0] and "no results.json" in err[1]
+
+
+def test_transference_grid_of_a_sweep(tmp_path, capsys):
+
+    for folder, method in (("k", "MMAML+KML"), ("m", "MAML")):
+        write(tmp_path / folder, method, "2mode", {"omniglot": [0.9], "miniimagenet": [0.4]})
+        (tmp_path / folder / "transference").mkdir()
+        for step in (100, 1000):
+            np.savez(tmp_path / folder / "transference" / f"lr_step{step}.npz", lr=np.linspace(0.9, 1.2, 8)[None])
+    grid = report.transference_by_method(report.find_results([str(tmp_path)]))
+    assert list(grid) == ["MAML", "MMAML+KML"] and sorted(grid["MAML"]) == [100, 1000]
+    assert grid["MAML"][100].shape == (1, 8)
+    figure = tmp_path / "transference.png"
+    assert report.main([str(tmp_path), "--transference", str(figure)]) == 0
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"wrote {figure}" in capsys.readouterr().out
