@@ -23,6 +23,7 @@ transference/lr_step{N}.npz, a histogram per target and the positive-transfer cu
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -136,7 +137,7 @@ class Measurement:
 
 
 def measure(learner: Learner, source_chunks: Iterable[Batch], targets: Batch, alpha: float,
-            progress: bool = False) -> Measurement:
+            progress: bool = False, chunks: int | None = None) -> Measurement:
     """LR of every (target, source) pair; sources arrive in chunks (each one vmap pass), all on the
     learner's device in its dtype. The learner's parameters and gradients are not touched."""
     module = _TaskLoss(learner)
@@ -146,7 +147,8 @@ def measure(learner: Learner, source_chunks: Iterable[Batch], targets: Batch, al
     # numerators, so equal parameters give bit-equal losses (α = 0 gives LR = 1 exactly).
     base: dict[int, torch.Tensor] = {}
     ratios, source_loss = [], []
-    for chunk in tqdm(source_chunks, desc="transference", unit="chunk", leave=False, disable=not progress):
+    for chunk in tqdm(source_chunks, desc="transference", unit="chunk", total=chunks, leave=False,
+                      disable=not progress):
         grads, losses = source_gradients(module, params, chunk)
         size = chunk.num_tasks
         if size not in base:
@@ -234,8 +236,10 @@ class Transference:
         dtype = next(learner.parameters()).dtype
         devices = [self.device] if self.device.type == "cuda" else []
         started = time.perf_counter()
+        chunks = math.ceil(self.cfg.transference.sources / self.cfg.transference.chunk)
         with torch.random.fork_rng(devices=devices):
-            result = measure(learner, self.source_chunks(dtype), self.target_tasks(dtype), alpha, progress=True)
+            result = measure(learner, self.source_chunks(dtype), self.target_tasks(dtype), alpha, progress=True,
+                             chunks=chunks)
         seconds = time.perf_counter() - started
         folder = Path(logger.run_dir) / FOLDER
         folder.mkdir(parents=True, exist_ok=True)
