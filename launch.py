@@ -15,9 +15,12 @@ import kml  # noqa: F401  (registers conf/config.yaml's run-folder resolver, qui
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> dict | None:
+    from kml.allocator import keep_freed_memory
     from kml.logger import RunLogger
     from kml.train import USER_ERRORS
 
+    if cfg.keep_freed_memory:
+        keep_freed_memory()
     run = task_runner(cfg.task.name)
 
     hydra_cfg = HydraConfig.get()

@@ -14,6 +14,7 @@ import argparse
 
 import torch
 
+from kml.allocator import keep_freed_memory
 from kml.bench.data import bench_data
 from kml.bench.train import bench_train
 
@@ -40,10 +41,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--compile", help="batched rows: torch.compile backend (where no 2nd derivative is taken)"
     )
+    parser.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
+                        help="glibc keeps freed buffers for reuse, as launch.py does (kml/allocator.py)")
     parser.add_argument("--verbose", action="store_true", help="print each row as it is measured")
     parser.add_argument("--root", default="data", help="where synthetic data is cached")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if args.keep_freed_memory:
+        print(f"keep freed memory (glibc mallopt): {'on' if keep_freed_memory() else 'not available'}")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible")
     if args.what in (None, "data"):
