@@ -93,7 +93,8 @@ def build_table(runs: list[dict], published: bool, modes: bool = False
     order = {rec["column"]: (rec["setup"][0].isalpha(), rec["setup"], rec["mode"] == "overall", rec["mode"])
              for rec in records}
     columns = sorted(order, key=order.get)
-    keys = sorted({(rec["method"], rec["source"]) for rec in records}, key=lambda k: (k[0], k[1] != "ours"))
+    keys = sorted({(rec["method"], rec["source"]) for rec in records},
+                  key=lambda k: (method_order(k[0]), k[1] != "ours"))
     cells = {}
     for rec in records:  # several seeds of one cell: keep them all, pooled
         cells.setdefault((rec["method"], rec["source"], rec["column"]), []).append(rec)
@@ -121,8 +122,14 @@ def transference_by_method(runs: list[dict]) -> dict[str, dict[int, np.ndarray]]
     for r in runs:
         for file in Path(r["path"], "transference").glob("lr_step*.npz"):
             grid.setdefault(r["method"], {})[int(file.stem.removeprefix("lr_step"))] = np.load(file)["lr"]
-    order = {name: i for i, name in enumerate(METHOD_NAMES.values())}
-    return {m: grid[m] for m in sorted(grid, key=lambda m: (order.get(m, len(order)), m))}
+    return {m: grid[m] for m in sorted(grid, key=method_order)}
+
+
+def method_order(method: str) -> tuple:
+    """The paper's row order: MAML, Multi-MAML, MMAML, MMAML+KML, ProtoNet, …; unknown names last."""
+    names = list(METHOD_NAMES.values())
+    base = method.removeprefix("Multi-")
+    return (names.index(base) if base in names else len(names), method.startswith("Multi-"), method)
 
 
 def markdown(header: list[str], rows: list[list[str]]) -> str:
@@ -167,8 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.transference:
         grid = transference_by_method(runs)
         if grid:
-            title = "transference " + ", ".join(sorted({f"{r['benchmark']} {r['way']}w{r['shot']}s" for r in runs
-                                                        if r["method"] in grid}))
+            setups = sorted({f"{r['benchmark']} {r['way']}w{r['shot']}s" for r in runs
+                             if Path(r["path"], "transference").is_dir()})
+            title = f"transference on {', '.join(setups)}: LR of one outer step on a source task, per target"
             print(f"wrote {plots.transference_grid(grid, Path(args.transference), title)}")
         else:
             print("no transference measurements (transference/lr_step*.npz) under these runs", file=sys.stderr)

@@ -54,6 +54,7 @@ def test_per_mode_columns(tmp_path, monkeypatch):
     # The multimodal setup first, its modes then overall; then the specialists' own setups.
     assert header == ["method", "2mode 5w1s miniimagenet", "2mode 5w1s omniglot", "2mode 5w1s overall",
                       "miniimagenet 5w1s miniimagenet", "omniglot 5w1s omniglot"]
+    assert [row[0] for row in rows] == ["MAML", "MAML (paper)", "Multi-MAML"]  # the paper's row order
     table = {row[0]: row[1:] for row in rows}
     assert table["MAML"][:3] == ["45.00 ± 9.80", "85.00 ± 9.80", "65.00 ± 23.33"]
     assert table["MAML (paper)"] == ["", "90.00", "", "", ""]
