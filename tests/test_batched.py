@@ -248,7 +248,7 @@ def test_compiled_forward_gives_the_same_meta_gradients(learner_name, first_orde
 
 def test_higher_reference_of_the_benchmark_matches_our_meta_gradients():
     pytest.importorskip("higher")
-    from kml.bench import higher_meta_loss
+    from kml.bench.reference import higher_meta_loss
 
     loop, _ = learner_pair("maml", "kml")
     batch = random_batch(tasks=2, dtype=torch.float64)
