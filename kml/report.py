@@ -78,31 +78,35 @@ def published_value(method: str, benchmark: str, way: int, shot: int, mode: str)
 def build_table(runs: list[dict], published: bool, modes: bool = False
                 ) -> tuple[list[str], list[list[str]], list[dict]]:
     """(header, rows of formatted cells, flat records for CSV). With `modes`, every mode gets a column."""
-    records = []
+    records, multimodal = [], set()
     for r in runs + multi_rows(runs):
         setup = f"{r['benchmark']} {r['way']}w{r['shot']}s"
+        if len(r["per_mode"]) > 1:
+            multimodal.add(setup)
         for mode, summary in summaries(r, modes):
-            column = f"{setup} {mode}" if modes else setup
-            records.append({"method": r["method"], "setup": setup, "mode": mode, "column": column,
-                            "source": "ours", **summary})
+            records.append({"method": r["method"], "setup": setup, "mode": mode, "source": "ours", **summary})
             value = published_value(r["method"], r["benchmark"], r["way"], r["shot"], mode) if published else None
             if value is not None:
-                records.append({"method": r["method"], "setup": setup, "mode": mode, "column": column,
-                                "source": "paper", "mean": value / 100, "ci95": None, "n": None})
+                records.append({"method": r["method"], "setup": setup, "mode": mode, "source": "paper",
+                                "mean": value / 100, "ci95": None, "n": None})
+
+    def column(rec: dict) -> str:
+        return f"{rec['setup']} {rec['mode']}" if modes else rec["setup"]
+
     # Multimodal setups first, then the specialists' own; within a setup its modes, then overall.
-    order = {rec["column"]: (rec["setup"][0].isalpha(), rec["setup"], rec["mode"] == "overall", rec["mode"])
+    order = {column(rec): (rec["setup"] not in multimodal, rec["setup"], rec["mode"] == "overall", rec["mode"])
              for rec in records}
     columns = sorted(order, key=order.get)
     keys = sorted({(rec["method"], rec["source"]) for rec in records},
                   key=lambda k: (method_order(k[0]), k[1] != "ours"))
     cells = {}
     for rec in records:  # several seeds of one cell: keep them all, pooled
-        cells.setdefault((rec["method"], rec["source"], rec["column"]), []).append(rec)
+        cells.setdefault((rec["method"], rec["source"], column(rec)), []).append(rec)
     rows = []
     for method, source in keys:
         row = [method if source == "ours" else f"{method} (paper)"]
-        for column in columns:
-            found = cells.get((method, source, column))
+        for name in columns:
+            found = cells.get((method, source, name))
             if not found:
                 row.append("")
             elif source == "paper":
@@ -111,8 +115,6 @@ def build_table(runs: list[dict], published: bool, modes: bool = False
                 s = pooled(found) if len(found) > 1 else found[0]
                 row.append(f"{100 * s['mean']:.2f} ± {100 * s['ci95']:.2f}")
         rows.append(row)
-    for rec in records:
-        del rec["column"]
     return ["method", *columns], rows, records
 
 
