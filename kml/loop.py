@@ -49,8 +49,11 @@ def meta_train(job: MetaTraining, cfg: DictConfig, run_dir: Path, logger: RunLog
     weights when validation ran. Training metrics are logged as means over the steps since the last log."""
     last, best_path = run_dir / "last.pt", run_dir / "best.pt"
     config = OmegaConf.to_container(cfg, resolve=True)
-    sign = 1.0 if job.higher_is_better else -1.0
-    start, best = 0, -math.inf  # best is kept as sign * score, so larger is always better
+    start, best = 0, None  # best: the best validation score so far, as validate() returned it
+
+    def improves(score: float) -> bool:
+        return best is None or (score > best if job.higher_is_better else score < best)
+
     if last.exists() and cfg.train.resume:
         state = checkpoint.load(last)
         job.model.load_state_dict(state["model"])
@@ -91,8 +94,8 @@ def meta_train(job: MetaTraining, cfg: DictConfig, run_dir: Path, logger: RunLog
         if validate:
             val = job.validate()
             logger.log({f"val/{key}": value for key, value in val.items()}, step)
-            if sign * val[job.score] > best:
-                best = sign * val[job.score]
+            if improves(val[job.score]):
+                best = val[job.score]
                 checkpoint.save({"model": job.model.state_dict(), "iteration": step, "best_val": best,
                                  "config": config}, best_path)
         if validate or step % cfg.train.checkpoint_every == 0 or \
