@@ -20,6 +20,22 @@ def _save(figure: Figure, path: Path) -> Path:
     return path
 
 
+def _edges(low: float, high: float, bins: int) -> np.ndarray:
+    """Bin edges over [low, high] and 1, with an edge at exactly 1, so that every bar is either all
+    positive or all negative transfer."""
+    pad = max(high - low, 1e-6) * 0.05
+    return np.union1d(np.linspace(min(low, 1.0) - pad, max(high, 1.0) + pad, bins + 1), [1.0])
+
+
+def _lr_histogram(ax, values: np.ndarray, edges: np.ndarray) -> None:
+    """Histogram of finite LR values, bars left of 1 (positive transfer) green, the LR = 1 line dashed."""
+    _, _, patches = ax.hist(values, bins=edges, color=NEGATIVE, edgecolor="white", linewidth=0.4)
+    for patch, left in zip(patches, edges[:-1], strict=True):
+        if left < 1.0:
+            patch.set_facecolor(POSITIVE)
+    ax.axvline(1.0, color="black", linestyle="--", linewidth=1)
+
+
 def lr_histograms(lr: np.ndarray, path: Path, title: str, bins: int = 30) -> Path:
     """One histogram of LR over the sources per target (row of `lr`), in a grid, with the LR = 1 line."""
     targets = lr.shape[0]
@@ -29,19 +45,12 @@ def lr_histograms(lr: np.ndarray, path: Path, title: str, bins: int = 30) -> Pat
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
     finite = lr[np.isfinite(lr)]
     low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 2.0)
-    pad = max(high - low, 1e-6) * 0.05
-    # A bin edge at exactly 1, so that every bar is either all positive or all negative transfer.
-    edges = np.union1d(np.linspace(min(low, 1.0) - pad, max(high, 1.0) + pad, bins + 1), [1.0])
+    edges = _edges(low, high, bins)
     for j, ax in enumerate(axes):
         if j >= targets:
             ax.set_visible(False)
             continue
-        row = lr[j][np.isfinite(lr[j])]
-        counts, _, patches = ax.hist(row, bins=edges, color=NEGATIVE, edgecolor="white", linewidth=0.4)
-        for patch, left in zip(patches, edges[:-1], strict=True):
-            if left < 1.0:
-                patch.set_facecolor(POSITIVE)
-        ax.axvline(1.0, color="black", linestyle="--", linewidth=1)
+        _lr_histogram(ax, lr[j][np.isfinite(lr[j])], edges)
         positive = float((lr[j] < 1).mean())
         ax.set_title(f"target {j}: {100 * positive:.1f}% positive (LR < 1)", fontsize=10)
         ax.set_xlabel(r"LR = $L_j(\theta_i^{t+1})\,/\,L_j(\theta^t)$")
@@ -77,8 +86,7 @@ def transference_grid(grid: dict[str, dict[int, np.ndarray]], path: Path, title:
     pooled = [lr[np.isfinite(lr)] for per_step in grid.values() for lr in per_step.values()]
     values = np.concatenate(pooled) if pooled else np.array([1.0])
     low, high = np.percentile(values, [0.5, 99.5]) if values.size else (0.0, 2.0)
-    pad = max(high - low, 1e-6) * 0.05
-    edges = np.union1d(np.linspace(min(low, 1.0) - pad, max(high, 1.0) + pad, bins + 1), [1.0])
+    edges = _edges(float(low), float(high), bins)
     figure = Figure(figsize=(3.4 * len(steps) + 0.6, 2.2 * len(names) + 0.6), layout="constrained")
     axes = figure.subplots(len(names), len(steps), squeeze=False, sharex=True)
     for r, name in enumerate(names):
@@ -88,12 +96,7 @@ def transference_grid(grid: dict[str, dict[int, np.ndarray]], path: Path, title:
             if lr is None:
                 ax.set_visible(False)
                 continue
-            row = np.clip(lr[np.isfinite(lr)], edges[0], edges[-1])  # outliers land in the end bins
-            _, _, patches = ax.hist(row, bins=edges, color=NEGATIVE, edgecolor="white", linewidth=0.4)
-            for patch, left in zip(patches, edges[:-1], strict=True):
-                if left < 1.0:
-                    patch.set_facecolor(POSITIVE)
-            ax.axvline(1.0, color="black", linestyle="--", linewidth=1)
+            _lr_histogram(ax, np.clip(lr[np.isfinite(lr)], edges[0], edges[-1]), edges)  # outliers: end bins
             ax.set_title(f"{name}, iteration {step}: {100 * float((lr < 1).mean()):.0f}% LR < 1", fontsize=9)
             if r == len(names) - 1:
                 ax.set_xlabel("LR (< 1: the source step helped the target)")
