@@ -158,7 +158,7 @@ def test_film_modulation_formula():
     torch.testing.assert_close(
         modulation.features(y), y * (1 + gamma.view(1, -1, 1, 1)) + beta.view(1, -1, 1, 1)
     )
-    assert modulation.kernel_scale is None and modulation.bias_shift is None
+    assert modulation.kernel_factor is None and modulation.bias_shift is None
 
 
 def test_task_encoder_embeds_a_set():

@@ -162,12 +162,17 @@ def cpu_tasks_per_pass(images: torch.Tensor) -> int:
 CPU_PASS_BYTES = 4 * 2**20
 
 
-def select(modulation: BatchedModulation, part: slice) -> BatchedModulation:
-    """The modulation of the tasks in `part`."""
-    return [
-        None if m is None else LayerModulation(*(None if t is None else t[part] for t in m))
-        for m in modulation
-    ]
+def split(modulation: BatchedModulation, parts: list[slice]) -> list[BatchedModulation]:
+    """The modulation of each pass's tasks. One torch.split per tensor rather than a slice per pass:
+    the backward of a slice builds a zero tensor the size of all T tasks' kernels for every pass, the
+    backward of a split concatenates the passes' gradients once."""
+    sizes = [part.stop - part.start for part in parts]
+    passes: list[BatchedModulation] = [[] for _ in parts]
+    for m in modulation:
+        fields = [[None] * len(parts) if t is None else torch.split(t, sizes) for t in (m or ())]
+        for i, layers in enumerate(passes):
+            layers.append(None if m is None else LayerModulation(*(field[i] for field in fields)))
+    return passes
 
 
 def task_modulation(

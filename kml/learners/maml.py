@@ -167,11 +167,14 @@ class MAML(Learner):
         # As in the per-task loop: first order may let the inner loop see the modulation detached.
         inner_modulation = batched.detach_modulation(modulation) if self.first_order else modulation
         losses, accuracies = [], []
-        for part in self.fast_path.passes(batch.query_x):
+        parts = self.fast_path.passes(batch.query_x)
+        for part, part_inner, part_modulation in zip(
+            parts, batched.split(inner_modulation, parts), batched.split(modulation, parts), strict=True
+        ):
             params = self.batched_adapt(
                 batch.support_x[part],
                 batch.support_y[part],
-                batched.select(inner_modulation, part),
+                part_inner,
                 self.train_steps,
                 create_graph=not self.first_order,
                 params=batched.per_task_parameters(self.backbone, part.stop - part.start),
@@ -181,7 +184,7 @@ class MAML(Learner):
                 self.backbone,
                 params,
                 batch.query_x[part],
-                batched.select(modulation, part),
+                part_modulation,
                 twice=False,
             )
             losses.append(batched.task_losses(logits, batch.query_y[part]))
@@ -193,8 +196,8 @@ class MAML(Learner):
         with torch.no_grad():
             modulation = batched.task_modulation(self.modulator, support_x, len(self.backbone.blocks))
         accuracies = []
-        for part in self.fast_path.passes(batch.query_x):
-            part_modulation = batched.select(modulation, part)
+        parts = self.fast_path.passes(batch.query_x)
+        for part, part_modulation in zip(parts, batched.split(modulation, parts), strict=True):
             start = batched.per_task_parameters(self.backbone, part.stop - part.start, detach=True)
             params = self.batched_adapt(
                 support_x[part],

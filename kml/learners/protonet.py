@@ -57,8 +57,8 @@ class ProtoNet(Learner):
         """All tasks at once: support [T, N·K, ...], query [T, N·Q, ...] → [T, N·Q, way] logits."""
         modulation = batched.task_modulation(self.modulator, support_x, len(self.backbone.blocks))
         logits = []
-        for part in self.fast_path.passes(query_x):
-            part_modulation = batched.select(modulation, part)
+        parts = self.fast_path.passes(query_x)
+        for part, part_modulation in zip(parts, batched.split(modulation, parts), strict=True):
             params = batched.per_task_parameters(self.backbone, part.stop - part.start)
             support = self._batched_backbone(
                 self.fast_path, self.backbone, params, support_x[part], part_modulation, twice=False

@@ -16,8 +16,7 @@ def batch_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: f
     `torch.func.functional_call`, double backward and `torch.vmap` over tasks (the batched path runs the
     task encoder under vmap; tests/test_batched.py checks second-order gradients under vmap).
     """
-    mean = x.mean(dim=(0, 2, 3), keepdim=True)
-    var = x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+    var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False, keepdim=True)  # one pass for both
     normalised = (x - mean) * torch.rsqrt(var + eps)
     return normalised * weight.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)
 

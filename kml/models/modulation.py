@@ -26,13 +26,16 @@ class LayerModulation(NamedTuple):
     understand NamedTuples out of the box.
     """
 
-    kernel_scale: torch.Tensor | None = None  # KML M_l, shaped like the conv weight: Ŵ = W ⊙ (1 + M)
+    # KML's 1 + M_l, shaped like the conv weight: Ŵ = W ⊙ (1 + M). Stored with the 1 already added
+    # because a MAML inner loop applies it at every step, and each `1 +` would be one more pass over the
+    # kernel, forward and backward.
+    kernel_factor: torch.Tensor | None = None
     bias_shift: torch.Tensor | None = None  # KML g3(v) [C_out]: b̂ = b + shift
     feature_scale: torch.Tensor | None = None  # FiLM γ [C_out], applied after BN: y·(1 + γ) + β
     feature_shift: torch.Tensor | None = None  # FiLM β [C_out]
 
     def kernel(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight if self.kernel_scale is None else weight * (1 + self.kernel_scale)
+        return weight if self.kernel_factor is None else weight * self.kernel_factor
 
     def bias(self, bias: torch.Tensor | None) -> torch.Tensor | None:
         if self.bias_shift is None:
@@ -101,8 +104,8 @@ class KMLGenerator(nn.Module):
         for (c_out, c_in, k), g1, g2, g3 in zip(
             self.layer_shapes, self.out_factors, self.in_factors, self.bias_shifts, strict=True
         ):
-            kernel_scale = torch.outer(g1(v), g2(v)).view(c_out, c_in, k, k)
-            modulations.append(LayerModulation(kernel_scale=kernel_scale, bias_shift=g3(v)))
+            kernel_factor = torch.outer(g1(v), g2(v)).view(c_out, c_in, k, k) + 1
+            modulations.append(LayerModulation(kernel_factor=kernel_factor, bias_shift=g3(v)))
         return modulations
 
     def full_generator_parameters(self) -> int:
