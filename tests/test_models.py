@@ -15,10 +15,12 @@ from kml.models import (
     KMLGenerator,
     LayerModulation,
     TaskEncoder,
+    TaskModulator,
     batch_norm,
     conv4,
     conv4_maxpool,
 )
+from kml.models.functional import task_batch_norm
 
 
 def random_kml_modulation(backbone, embedding_dim=6, seed=0):
@@ -159,6 +161,40 @@ def test_film_modulation_formula():
         modulation.features(y), y * (1 + gamma.view(1, -1, 1, 1)) + beta.view(1, -1, 1, 1)
     )
     assert modulation.kernel_factor is None and modulation.bias_shift is None
+
+
+def test_task_batch_norm_normalises_each_task_with_its_own_statistics():
+    torch.manual_seed(0)
+    tasks, images = 3, 4
+    x = (torch.randn(tasks * images, 5, 6, 6, dtype=torch.float64) * 3 + 2).requires_grad_()
+    weight = (torch.rand(5, dtype=torch.float64) + 0.5).requires_grad_()
+    bias = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    y = task_batch_norm(x, tasks, weight, bias)
+    expected = torch.cat([batch_norm(part, weight, bias) for part in x.split(images)])
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+    probe = torch.randn_like(y)
+    grads = torch.autograd.grad((y * probe).sum(), (x, weight, bias))
+    expected_grads = torch.autograd.grad((expected * probe).sum(), (x, weight, bias))
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("generator_class", [FiLMGenerator, KMLGenerator])
+def test_modulator_forward_tasks_equals_forward_task_by_task(generator_class):
+    torch.manual_seed(0)
+    encoder = TaskEncoder(in_channels=3, channels=(4, 4, 8, 8), embedding_dim=6)
+    generator = generator_class(6, conv4(channels=2).layer_shapes)
+    for p in generator.parameters():
+        nn.init.normal_(p, std=0.3)
+    modulator = TaskModulator(encoder, generator).double()
+    support = torch.rand(3, 5, 3, 16, 16, dtype=torch.float64)
+    together = modulator.forward_tasks(support)
+    for t in range(3):
+        for layer, alone in zip(together, modulator(support[t]), strict=True):
+            for field, (a, b) in zip(LayerModulation._fields, zip(layer, alone, strict=True), strict=True):
+                assert (a is None) == (b is None), field
+                if a is not None:
+                    torch.testing.assert_close(a[t], b, rtol=1e-10, atol=1e-12, msg=field)
 
 
 def test_task_encoder_embeds_a_set():

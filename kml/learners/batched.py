@@ -13,8 +13,8 @@ The gradient of the sum of the tasks' support losses w.r.t. the per-task paramet
 task's own inner gradient, so the inner loop, its clamp and the second-order graph are the per-task
 loop's; tests/test_batched.py checks meta-losses and meta-gradients against it in float64.
 
-The task modulation is computed with `torch.func.vmap` over the modulator, i.e. the very code of the
-per-task path; its hand-written batch norm (kml.models.functional.batch_norm) is the vmap-safe one.
+The task modulation comes from every task's support images in one batch through the task encoder
+(TaskModulator.forward_tasks: shared weights, per-task BN statistics by the fused kernels).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.func import vmap
 
 from kml.learners import batched_conv
 from kml.models import Conv4, LayerModulation, TaskModulator
@@ -178,24 +177,14 @@ def split(modulation: BatchedModulation, parts: list[slice]) -> list[BatchedModu
 def task_modulation(
     modulator: TaskModulator | None, support_x: torch.Tensor, layers: int
 ) -> BatchedModulation:
-    """Every task's modulation from its own support set [T, N·K, C, H, W] (vmap over tasks)."""
+    """Every task's modulation from its own support set [T, N·K, C, H, W]."""
     if modulator is None:
         return [None] * layers
-    structure: list[list[str]] = []
-
-    def packed(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        # vmap returns tensors only: flatten each LayerModulation to its present fields, rebuilt below.
-        structure.clear()
-        tensors = []
-        for m in modulator(x):
-            present = [name for name in LayerModulation._fields if getattr(m, name) is not None]
-            structure.append(present)
-            tensors.extend(getattr(m, name) for name in present)
-        return tuple(tensors)
-
     # Contiguous, so that LayerModulation.features can view FiLM's [T, C] as the [T·C] channel layout.
-    flat = iter([t.contiguous() for t in vmap(packed)(support_x)])
-    return [LayerModulation(**{name: next(flat) for name in present}) for present in structure]
+    return [
+        LayerModulation(*(None if t is None else t.contiguous() for t in m))
+        for m in modulator.forward_tasks(support_x)
+    ]
 
 
 def detach_modulation(modulation: BatchedModulation) -> BatchedModulation:

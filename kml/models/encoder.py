@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kml.models.functional import BatchStatNorm2d
+from kml.models.functional import BatchStatNorm2d, task_batch_norm
 
 
 class TaskEncoder(nn.Module):
@@ -40,5 +40,19 @@ class TaskEncoder(nn.Module):
         h = support_x
         for conv, norm in zip(self.convs, self.norms, strict=True):
             h = F.relu(norm(conv(h)))
+        return self._embedding(h, tasks=1)[0]
+
+    def forward_tasks(self, support_x: torch.Tensor) -> torch.Tensor:
+        """support_x [T, N*K, C, H, W] of T tasks → v [T, embedding_dim]: the same as `forward` task by
+        task, with the tasks' images in one batch (the weights are shared) and per-task BN statistics.
+        The batched learners' path; not for use under vmap (see functional.fused_batch_norm)."""
+        tasks = support_x.shape[0]
+        h = support_x.flatten(0, 1)
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            h = F.relu(task_batch_norm(conv(h), tasks, norm.weight, norm.bias, norm.eps))
+        return self._embedding(h, tasks)
+
+    def _embedding(self, h: torch.Tensor, tasks: int) -> torch.Tensor:
+        """Feature maps [T·N*K, C, H, W] → spatial mean, Linear + ReLU per image, mean over each task's images."""
         per_image = F.relu(self.project(h.mean(dim=(2, 3))))
-        return per_image.mean(dim=0)
+        return per_image.view(tasks, -1, per_image.shape[-1]).mean(dim=1)

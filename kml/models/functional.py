@@ -13,8 +13,8 @@ def batch_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: f
     There are no running statistics, in training or at test time: this is the transductive batch norm of
     the MAML and MMAML originals, where every support or query set is normalised with its own mean and
     variance. Written by hand (no buffers, no in-place updates) so that it composes with
-    `torch.func.functional_call`, double backward and `torch.vmap` over tasks (the batched path runs the
-    task encoder under vmap; tests/test_batched.py checks second-order gradients under vmap).
+    `torch.func.functional_call`, double backward and `torch.vmap` over tasks (kml.transference runs whole
+    learners under vmap; tests/test_batched.py checks second-order gradients under vmap).
     """
     var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False, keepdim=True)  # one pass for both
     normalised = (x - mean) * torch.rsqrt(var + eps)
@@ -32,6 +32,21 @@ def fused_batch_norm(
     (kml.learners.batched) calls it on plain tensors with tasks laid along the channel axis.
     """
     return F.batch_norm(x, None, None, weight, bias, training=True, momentum=0.0, eps=eps)
+
+
+def task_batch_norm(
+    x: torch.Tensor, tasks: int, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5
+) -> torch.Tensor:
+    """x [T·B, C, H, W], T tasks of B images each, every task normalised with its own statistics.
+
+    The fused kernels on the [B, T·C, H, W] layout, where per-channel statistics are per-task ones; the
+    two layout changes copy whole images, and cost less than `batch_norm`'s passes over strided data.
+    """
+    images, channels, *spatial = x.shape
+    per_task = images // tasks
+    y = x.view(tasks, per_task, channels, *spatial).transpose(0, 1).reshape(per_task, tasks * channels, *spatial)
+    y = fused_batch_norm(y, weight.repeat(tasks), bias.repeat(tasks), eps)
+    return y.view(per_task, tasks, channels, *spatial).transpose(0, 1).reshape(x.shape)
 
 
 class BatchStatNorm2d(nn.Module):

@@ -104,7 +104,9 @@ class KMLGenerator(nn.Module):
         for (c_out, c_in, k), g1, g2, g3 in zip(
             self.layer_shapes, self.out_factors, self.in_factors, self.bias_shifts, strict=True
         ):
-            kernel_factor = torch.outer(g1(v), g2(v)).view(c_out, c_in, k, k) + 1
+            # The outer product g1 ⊗ g2, for one task's v [D] or for every task's v [T, D] at once.
+            outer = g1(v).unsqueeze(-1) * g2(v).unsqueeze(-2)
+            kernel_factor = outer.view(*v.shape[:-1], c_out, c_in, k, k) + 1
             modulations.append(LayerModulation(kernel_factor=kernel_factor, bias_shift=g3(v)))
         return modulations
 
@@ -129,3 +131,8 @@ class TaskModulator(nn.Module):
 
     def forward(self, support_x: torch.Tensor) -> list[LayerModulation]:
         return self.generator(self.encoder(support_x))
+
+    def forward_tasks(self, support_x: torch.Tensor) -> list[LayerModulation]:
+        """Support images [T, N*K, C, H, W] of T tasks → modulations whose tensors lead with T (the
+        generators are linear maps, so they take every task's v [T, D] as they take one v [D])."""
+        return self.generator(self.encoder.forward_tasks(support_x))
