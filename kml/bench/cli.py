@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
                         help="glibc keeps freed buffers for reuse, as launch.py does (kml/allocator.py)")
-    parser.add_argument("--verbose", action="store_true", help="print each row as it is measured")
+    parser.add_argument("--verbose", action="store_true", help="print each shot's rows as they are measured")
     parser.add_argument("--root", default="data", help="where synthetic data is cached")
     args = parser.parse_args(argv)
     device = torch.device(args.device)

@@ -116,44 +116,67 @@ def random_tasks(sizes: Sizes, shot: int, device: torch.device) -> Batch:
     ).to(device)
 
 
-def measure(case: Case, sizes: Sizes, device: torch.device, repeats: int, fast_path: dict) -> dict:
-    torch.manual_seed(0)
-    cfg = learner_config(case, sizes, fast_path)
-    learner = build_learner(cfg).to(device)
-    optimizer = build_optimizer(learner, cfg)
-    batch = random_tasks(sizes, case.shot, device)
+class Row:
+    """One table row: its learner, optimizer and meta-batch, warmed up, with FLOPs and peak memory counted."""
 
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        if case.path == "higher":
-            higher_meta_loss(learner, batch)
+    def __init__(self, case: Case, sizes: Sizes, device: torch.device, batch: Batch, fast_path: dict) -> None:
+        torch.manual_seed(0)
+        cfg = learner_config(case, sizes, fast_path)
+        self.case, self.sizes, self.device, self.batch = case, sizes, device, batch
+        self.learner = build_learner(cfg).to(device)
+        self.optimizer = build_optimizer(self.learner, cfg)
+        self.step()  # warm-up: first-touch allocations, and conv auto's one-off timing of its candidates
+        self.flops = count_flops(self.step)  # the second warm-up
+        with PeakMemory(device) as memory:  # the third
+            self.step()
+        self.peak_bytes = memory.bytes
+        self.times: list[float] = []
+        self.cpu_times: list[float] = []
+
+    def step(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.case.path == "higher":
+            higher_meta_loss(self.learner, self.batch)
         else:
-            loss, _ = learner.meta_loss(batch)
+            loss, _ = self.learner.meta_loss(self.batch)
             loss.backward()
-        optimizer.step()
-        if device.type == "cuda":
+        self.optimizer.step()
+        if self.device.type == "cuda":
             torch.cuda.synchronize()
 
-    step()  # warm-up: first-touch allocations, and conv auto's one-off timing of its candidates
-    flops = count_flops(step)  # the second warm-up
-    with PeakMemory(device) as memory:  # the third
-        step()
-    times, cpu_times = [], []
-    for _ in range(repeats):
+    def timed_step(self) -> None:
         start, cpu_start = time.perf_counter(), time.process_time()
-        step()
-        times.append(time.perf_counter() - start)
-        cpu_times.append(time.process_time() - cpu_start)
-    seconds = statistics.median(times)
-    return {
-        "case": case,
-        "ms": 1e3 * seconds,
-        "cpu_ms": 1e3 * statistics.median(cpu_times),
-        "tasks_per_s": sizes.tasks / seconds,
-        "peak_mb": memory.bytes / 2**20,
-        "gflop": flops / 1e9,
-        "flops_per_s": flops / seconds,
-    }
+        self.step()
+        self.times.append(time.perf_counter() - start)
+        self.cpu_times.append(time.process_time() - cpu_start)
+
+    def result(self) -> dict:
+        seconds = statistics.median(self.times)
+        return {
+            "case": self.case,
+            "ms": 1e3 * seconds,
+            "cpu_ms": 1e3 * statistics.median(self.cpu_times),
+            "tasks_per_s": self.sizes.tasks / seconds,
+            "peak_mb": self.peak_bytes / 2**20,
+            "gflop": self.flops / 1e9,
+            "flops_per_s": self.flops / seconds,
+        }
+
+
+def measure(todo: list[Case], sizes: Sizes, device: torch.device, repeats: int, fast_path: dict) -> list[dict]:
+    """Every row's median time over `repeats`, the repeats taken in turns (row 1, row 2, …, row 1, …):
+    a slow spell of a shared machine then weighs on every row alike instead of on whichever row it hit,
+    so the ratios compare rows measured side by side."""
+    batches: dict[int, Batch] = {}
+    rows = []
+    for case in todo:
+        if case.shot not in batches:
+            batches[case.shot] = random_tasks(sizes, case.shot, device)
+        rows.append(Row(case, sizes, device, batches[case.shot], fast_path))
+    for _ in range(repeats):
+        for row in rows:
+            row.timed_step()
+    return [row.result() for row in rows]
 
 
 def bench_train(args: argparse.Namespace, device: torch.device) -> list[dict]:
@@ -177,14 +200,16 @@ def bench_train(args: argparse.Namespace, device: torch.device) -> list[dict]:
     load = os.getloadavg()
     ceiling = matmul_flops(device, args.quick)
     results = []
-    for case in todo:
-        results.append(measure(case, sizes, device, repeats, fast_path))
+    # Rows of one shot are timed in turns (see `measure`); shots one after the other, to hold less memory.
+    for shot in sorted({case.shot for case in todo}):
+        done = len(results)
+        results += measure([c for c in todo if c.shot == shot], sizes, device, repeats, fast_path)
         if args.verbose:
-            print(format_table(results, ceiling)[-1], flush=True)
+            print("\n".join(format_table(results, ceiling)[2 + done :]), flush=True)
     print(
-        f"train: one meta-iteration (forward + backward + Adam step) per row; median of {repeats} after 3 "
-        f"warm-ups (the second counts FLOPs, the third peak memory); CPU ms = process CPU time, which "
-        f"other processes on the machine inflate less than wall time"
+        f"train: one meta-iteration (forward + backward + Adam step) per row; median of {repeats}, taken in "
+        f"turns across the rows, after 3 warm-ups (the second counts FLOPs, the third peak memory); CPU ms = "
+        f"process CPU time, which other processes on the machine inflate less than wall time"
     )
     print(
         f"  device {describe_device(device)}, torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
