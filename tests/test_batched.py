@@ -211,7 +211,12 @@ def test_fast_path_flags_and_config_defaults():
         )
         learner = build_learner(cfg)
         assert isinstance(learner, cls)
-        assert learner.fast_path == FastPath(batched="auto")  # the measured defaults (BENCHMARKS.md)
+        # the measured defaults (BENCHMARKS.md)
+        assert learner.fast_path == FastPath(batched="auto", channels_last="auto")
+    auto = FastPath(channels_last="auto")
+    assert auto.use_channels_last(torch.device("cpu"), twice=False)
+    assert not auto.use_channels_last(torch.device("cpu"), twice=True)
+    assert not auto.use_channels_last(torch.device("cuda"), twice=False)
 
 
 @pytest.mark.parametrize("learner_name", ["maml", "protonet"])
@@ -227,10 +232,18 @@ def test_bfloat16_autocast_runs_on_cpu(learner_name):
     assert accuracies.shape == (2,) and ((accuracies >= 0) & (accuracies <= 1)).all()
 
 
-def test_channels_last_gives_the_same_meta_gradients():
-    loop, fast = learner_pair("maml", "film")
-    fast.fast_path = FastPath(batched=True, channels_last=True)
-    assert_same_meta_step(loop, fast, random_batch(tasks=2, size=12, dtype=torch.float64))
+@pytest.mark.parametrize(
+    "learner_name, channels_last, first_order",
+    [("maml", True, False), ("maml", "auto", False), ("maml", "auto", True), ("protonet", "auto", False)],
+)
+def test_channels_last_gives_the_same_meta_gradients(learner_name, channels_last, first_order):
+    """NHWC everywhere, or (auto) only in the passes differentiated at most once: same meta-step."""
+    keys = {"first_order": first_order} if learner_name == "maml" else {}
+    loop, fast = learner_pair(learner_name, "film", **keys)
+    fast.fast_path = FastPath(batched=True, channels_last=channels_last)
+    batch = random_batch(tasks=2, size=12, dtype=torch.float64)
+    assert_same_meta_step(loop, fast, batch)
+    torch.testing.assert_close(fast.evaluate(batch), loop.evaluate(batch), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("learner_name, first_order", [("protonet", False), ("maml", True), ("maml", False)])

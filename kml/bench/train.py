@@ -7,15 +7,18 @@ import argparse
 import os
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from kml.bench.instruments import PeakMemory, count_flops, describe_device, matmul_flops
 from kml.bench.reference import higher_meta_loss, higher_status
 from kml.bench.table import format_table, print_ratios
 from kml.data.episodes import Batch
 from kml.learners import build_learner, build_optimizer
+from kml.learners.batched import FastPath
 
 
 @dataclass(frozen=True)
@@ -74,8 +77,14 @@ def cases(device: torch.device, run_all: bool, quick: bool) -> list[Case]:
     return rows
 
 
+def speed_defaults(learner: str) -> dict:
+    """The fast path's switches as conf/learner/<learner>.yaml sets them: what `launch.py` runs."""
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "learner" / f"{learner}.yaml")
+    return {f.name: cfg[f.name] for f in fields(FastPath)}
+
+
 def learner_config(case: Case, sizes: Sizes, fast_path: dict) -> dict:
-    learner = {"name": case.learner, "batched": case.path == "batched"}
+    learner = {"name": case.learner, "batched": False}
     if case.learner == "maml":
         learner.update(
             inner_lr=0.05,
@@ -85,6 +94,7 @@ def learner_config(case: Case, sizes: Sizes, fast_path: dict) -> dict:
             first_order=case.first_order,
         )
     if case.path == "batched":
+        learner.update(speed_defaults(case.learner), batched=True)
         learner.update(fast_path)
     return {
         "way": sizes.way,
@@ -221,7 +231,8 @@ def bench_train(args: argparse.Namespace, device: torch.device) -> list[dict]:
         f"steps (clamp ±20), random images; encoder {'-'.join(map(str, sizes.encoder))}, v ∈ R^{sizes.embedding}"
     )
     print(
-        f"  path: batched = kml.learners.batched (tasks together){', ' + str(fast_path) if fast_path else ''}; "
+        f"  path: batched = kml.learners.batched (tasks together; switches of conf/learner/*.yaml"
+        f"{', then ' + str(fast_path) if fast_path else ''}); "
         "per-task = the plain loop; higher = reference (higher 0.2.1, second order)"
     )
     print(

@@ -60,7 +60,10 @@ class FastPath:
         rule), timed (the fastest per shape, measured once per process: not bit-reproducible across
         processes), grouped, per_task or unfold.
     autocast: bfloat16 autocast of the forward passes (meant for CUDA; off by default everywhere).
-    channels_last: NHWC activations for the batched convs (meant for CUDA; slower on this CPU).
+    channels_last: NHWC activations for the batched convs; auto = on a CPU, for the passes that are
+        differentiated at most once (MAML's query pass and first-order inner loop, ProtoNet, evaluation),
+        where oneDNN was measured faster in NHWC; the second-order inner loop stays NCHW, where NHWC was
+        measured slower (BENCHMARKS.md). Off on a GPU (not measured there yet).
     compile: torch.compile the batched forward (true = inductor, or a backend name) wherever no second
         derivative is taken (ProtoNet, first-order MAML, evaluation): torch.compile cannot differentiate
         its graphs twice, so second-order meta-training always runs eagerly.
@@ -70,7 +73,7 @@ class FastPath:
     tasks_per_pass: int | str = "auto"
     conv: str = "auto"
     autocast: bool = False
-    channels_last: bool = False
+    channels_last: bool | str = False
     compile: bool | str = False
 
     @classmethod
@@ -87,7 +90,7 @@ class FastPath:
             tasks_per_pass=per_pass,
             conv=str(_flag(cfg.get("conv", "auto"), "conv", batched_conv.SETTINGS)),
             autocast=bool(_flag(cfg.get("autocast", False), "autocast", ())),
-            channels_last=bool(_flag(cfg.get("channels_last", False), "channels_last", ())),
+            channels_last=_flag(cfg.get("channels_last", False), "channels_last", ("auto",)),
             compile=_flag(
                 cfg.get("compile", False), "compile", ("inductor", "aot_eager", "eager", "cudagraphs")
             ),
@@ -107,6 +110,12 @@ class FastPath:
         if self.batched == "auto":
             return device.type in ("cpu", "cuda")
         return bool(self.batched)
+
+    def use_channels_last(self, device: torch.device, *, twice: bool) -> bool:
+        """NHWC activations for a pass on `device`; `twice`: it will be differentiated twice."""
+        if self.channels_last == "auto":
+            return device.type == "cpu" and not twice
+        return bool(self.channels_last)
 
     def precision(self, device: torch.device) -> contextlib.AbstractContextManager:
         if not self.autocast:
@@ -137,13 +146,14 @@ class BatchedBackbone:
     ) -> torch.Tensor:
         """`twice`: the caller will differentiate the result twice (second-order MAML), so run eagerly."""
         backend = fast_path.compile_backend()
+        channels_last = fast_path.use_channels_last(x.device, twice=twice)
         if backend is None or twice:
-            return forward(backbone, params, x, modulation, fast_path.channels_last, fast_path.conv)
+            return forward(backbone, params, x, modulation, channels_last, fast_path.conv)
         if backend not in self._compiled:
             self._compiled[backend] = torch.compile(forward, backend=backend, dynamic=False)
         # Timing candidates (conv timed) cannot happen inside a traced graph: compiled, it is the rule.
         conv = "auto" if fast_path.conv == "timed" else fast_path.conv
-        return self._compiled[backend](backbone, params, x, modulation, fast_path.channels_last, conv)
+        return self._compiled[backend](backbone, params, x, modulation, channels_last, conv)
 
 
 def cpu_tasks_per_pass(images: torch.Tensor) -> int:
