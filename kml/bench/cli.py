@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for train (0 = torch's default)")
     parser.add_argument("--autocast", action="store_true", help="batched rows: bfloat16 autocast")
     parser.add_argument(
-        "--channels-last", action="store_true", help="batched rows: NHWC activations in every pass (default: conf/learner's auto)"
+        "--channels-last",
+        choices=["true", "false", "auto"],
+        help="batched rows: NHWC activations (default: conf/learner's auto, NHWC where differentiated once)",
     )
     parser.add_argument(
         "--compile", help="batched rows: torch.compile backend (where no 2nd derivative is taken)"

@@ -201,7 +201,7 @@ def bench_train(args: argparse.Namespace, device: torch.device) -> list[dict]:
             ("channels_last", args.channels_last),
             ("compile", args.compile),
         )
-        if value
+        if value is not None and value is not False
     }
     problem = higher_status()
     todo = cases(device, args.all, args.quick)
