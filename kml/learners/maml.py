@@ -164,13 +164,11 @@ class MAML(Learner):
 
     def _batched_meta_loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:
         modulation = batched.task_modulation(self.modulator, batch.support_x, len(self.backbone.blocks))
-        # As in the per-task loop: first order may let the inner loop see the modulation detached.
-        inner_modulation = batched.detach_modulation(modulation) if self.first_order else modulation
         losses, accuracies = [], []
         parts = self.fast_path.passes(batch.query_x)
-        for part, part_inner, part_modulation in zip(
-            parts, batched.split(inner_modulation, parts), batched.split(modulation, parts), strict=True
-        ):
+        for part, part_modulation in zip(parts, batched.split(modulation, parts), strict=True):
+            # As in the per-task loop: first order may let the inner loop see the modulation detached.
+            part_inner = batched.detach_modulation(part_modulation) if self.first_order else part_modulation
             params = self.batched_adapt(
                 batch.support_x[part],
                 batch.support_y[part],
