@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from kml.data.episodes import Batch
+from kml.inner_loop import sgd_step
 from kml.learners import batched
 from kml.learners.base import Learner, Modulation, accuracy, detach_modulation, summarise
 from kml.learners.batched import FastPath
@@ -82,11 +83,7 @@ class MAML(Learner):
 
     def _inner_step(self, params: Params, loss: torch.Tensor, create_graph: bool) -> Params:
         """One SGD step of the inner loop (per task, or all tasks at once when `loss` sums their losses)."""
-        grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
-        if self.grad_clip is not None:
-            # Element-wise clamp, as MMAML, against the occasional exploding inner step.
-            grads = [g.clamp(-self.grad_clip, self.grad_clip) for g in grads]
-        return {name: p - self.inner_lr * g for (name, p), g in zip(params.items(), grads, strict=True)}
+        return sgd_step(params, loss, self.inner_lr, clamp=self.grad_clip, create_graph=create_graph)
 
     def meta_loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:
         device = batch.support_x.device

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from kml.inner_loop import sgd_step
 from kml.mapper.episodes import Task
 from kml.mapper.frozen_lm import FrozenLM
 from kml.mapper.mapper import MetaMapper
@@ -53,8 +54,7 @@ class MapperMAML(nn.Module):
         losses = []
         for _ in range(steps):
             loss = self.support_loss(params, task)
-            grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
-            params = {name: p - self.inner_lr * g for (name, p), g in zip(params.items(), grads, strict=True)}
+            params = sgd_step(params, loss, self.inner_lr, create_graph=create_graph)
             losses.append(loss.item())
         with torch.no_grad():
             losses.append(self.support_loss(params, task).item())
