@@ -16,8 +16,8 @@ import kml  # noqa: F401  (registers conf/config.yaml's run-folder resolver, qui
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> dict | None:
     from kml.allocator import keep_freed_memory
+    from kml.errors import UserError
     from kml.logger import RunLogger
-    from kml.train import USER_ERRORS
 
     if cfg.keep_freed_memory:
         keep_freed_memory()
@@ -37,7 +37,7 @@ def main(cfg: DictConfig) -> dict | None:
         results = run(cfg, run_dir, logger)
         exit_code = 0
         return results
-    except USER_ERRORS as err:  # fixable from the message alone: one line, no traceback
+    except UserError as err:  # fixable from the message alone: one line, no traceback
         print(f"error: {err}", file=sys.stderr)
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise  # Hydra records the failed job and the sweep goes on

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
+from kml.errors import CheckpointError
+
+__all__ = ["CheckpointError", "load", "save"]
+
 FORMAT = "kml-checkpoint-1"
-
-
-class CheckpointError(Exception):
-    pass
 
 
 def save(state: dict, path: str | Path) -> None:

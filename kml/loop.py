@@ -14,11 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from kml import checkpoint
+from kml.errors import TrainingDiverged
 from kml.logger import RunLogger
-
-
-class TrainingDiverged(RuntimeError):
-    pass
 
 
 @dataclass

@@ -11,22 +11,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from kml import checkpoint
 from kml.data.benchmark import make_sampler
-from kml.data.errors import DataError
+from kml.errors import ConfigError
 from kml.evaluate import results_table, summarise, task_accuracies, write_results
 from kml.learners import build_learner, build_optimizer, describe, method_name
 from kml.logger import RunLogger
-from kml.loop import MetaTraining, TrainingDiverged, meta_train
+from kml.loop import MetaTraining, meta_train
 from kml.transference import Transference
 
 # Validation and test tasks are drawn from fixed seeds, independent of the training stream.
 VAL_SEED_OFFSET, TEST_SEED_OFFSET = 100_003, 200_003
-
-
-class ConfigError(ValueError):
-    pass
-
-
-USER_ERRORS = (DataError, checkpoint.CheckpointError, TrainingDiverged, ConfigError)
 
 
 def pick_device(name: str) -> torch.device:

@@ -40,6 +40,7 @@ from tqdm import tqdm
 from kml import checkpoint
 from kml.data.benchmark import make_sampler
 from kml.data.episodes import Batch
+from kml.errors import ConfigError
 from kml.learners import Learner
 from kml.learners.base import detach_modulation
 from kml.logger import RunLogger
@@ -283,8 +284,6 @@ def history(folder: Path) -> tuple[list[int], np.ndarray]:
 
 
 def _config_error(message: str) -> Exception:
-    from kml.train import ConfigError  # here, not at the top: kml.train imports this module
-
     return ConfigError(message)
 
 

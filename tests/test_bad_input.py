@@ -3,9 +3,10 @@ import pytest
 import torch
 
 from kml import checkpoint
+from kml.errors import TrainingDiverged
 from kml.learners.protonet import ProtoNet
 from kml.logger import RunLogger
-from kml.train import TrainingDiverged, run
+from kml.train import run
 from tests.runs import compose, launch, tiny_overrides
 
 

@@ -4,8 +4,9 @@ import torch
 from omegaconf import OmegaConf
 
 from kml import checkpoint
+from kml.errors import TrainingDiverged
 from kml.logger import RunLogger
-from kml.loop import MetaTraining, TrainingDiverged, meta_train
+from kml.loop import MetaTraining, meta_train
 
 CFG = OmegaConf.create({"train": {"iterations": 8, "log_every": 2, "val_every": 2, "checkpoint_every": 100,
                                   "checkpoint_minutes": 5, "resume": True}})

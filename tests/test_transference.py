@@ -15,9 +15,10 @@ from PIL import Image
 
 from kml import checkpoint, plots, transference
 from kml.data.episodes import Batch
+from kml.errors import ConfigError
 from kml.learners import build_learner
 from kml.logger import RunLogger
-from kml.train import ConfigError, pick_device, train
+from kml.train import pick_device, train
 from tests.runs import compose, tiny_overrides
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -1,14 +1,8 @@
 import sys
 
+from kml.errors import DataError
 
-class DataError(Exception):
-    """A problem with a dataset the user can fix; the message says what is wrong and what to do.
-
-    The message is always one line (whitespace collapsed), as the CLI prints it after `error: `.
-    """
-
-    def __init__(self, message: str):
-        super().__init__(" ".join(str(message).split()))
+__all__ = ["DataError", "warn"]
 
 
 def warn(message: str) -> None:

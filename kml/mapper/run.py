@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from kml import checkpoint
+from kml.errors import ConfigError
 from kml.evaluate import mean_ci, write_results
 from kml.logger import RunLogger
 from kml.loop import MetaTraining, meta_train
@@ -23,7 +24,7 @@ from kml.mapper.frozen_lm import FrozenLM
 from kml.mapper.maml import MapperMAML
 from kml.mapper.mapper import MetaMapper, embedding_scale
 from kml.mapper.sources import test_tasks, training_episodes
-from kml.train import TEST_SEED_OFFSET, VAL_SEED_OFFSET, ConfigError, pick_device, seed_everything
+from kml.train import TEST_SEED_OFFSET, VAL_SEED_OFFSET, pick_device, seed_everything
 
 PAPER_SETUP = ("clip_vit_b32", "gpt2")
 
