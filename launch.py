@@ -16,14 +16,19 @@ import kml  # noqa: F401  (registers conf/config.yaml's run-folder resolver, qui
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> dict | None:
     from kml.allocator import keep_freed_memory
+    from kml.config import validate
     from kml.errors import UserError
     from kml.logger import RunLogger
 
+    hydra_cfg = HydraConfig.get()
+    try:
+        validate(cfg)  # a wrong type or an impossible value stops before any work
+    except UserError as err:
+        stop(err, hydra_cfg.mode)
     if cfg.keep_freed_memory:
         keep_freed_memory()
     run = task_runner(cfg.task.name)
 
-    hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     cfg.data.root = to_absolute_path(cfg.data.root)
     choices = hydra_cfg.runtime.choices
@@ -37,13 +42,19 @@ def main(cfg: DictConfig) -> dict | None:
         results = run(cfg, run_dir, logger)
         exit_code = 0
         return results
-    except UserError as err:  # fixable from the message alone: one line, no traceback
-        print(f"error: {err}", file=sys.stderr)
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            raise  # Hydra records the failed job and the sweep goes on
-        sys.exit(2)
+    except UserError as err:
+        stop(err, hydra_cfg.mode)
     finally:
         logger.finish(exit_code)
+
+
+def stop(err: Exception, mode: RunMode) -> None:
+    """A UserError is fixable from its message alone: one line, no traceback, exit status 2; in a sweep it
+    is raised instead, so that Hydra records the failed job and the sweep goes on."""
+    print(f"error: {err}", file=sys.stderr)
+    if mode == RunMode.MULTIRUN:
+        raise err
+    sys.exit(2)
 
 
 def task_runner(name: str):

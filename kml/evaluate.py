@@ -1,20 +1,27 @@
-"""Few-shot evaluation: per-mode and overall accuracy, mean ± 1.96·std/√n over tasks."""
+"""Few-shot evaluation: per-mode and overall accuracy, mean ± 1.96·std/√n over tasks, and the record of
+every test task's accuracy (test_tasks.npz) that paired comparisons between runs rest on."""
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
+import numpy as np
 import torch
+from omegaconf import DictConfig
 from tqdm import tqdm
 
-from kml.data.benchmark import make_sampler
+from kml.data.benchmark import sampler_for
+from kml.logger import RunLogger
+from kml.runtime import TEST_SEED_OFFSET
 
 
-def mean_ci(values: list[float] | torch.Tensor) -> dict:
+def mean_ci(values: list[float] | torch.Tensor, ddof: int = 1) -> dict:
+    """Mean and 1.96·std/√n; `ddof` 1 is the sample standard deviation, 0 numpy's default (released code)."""
     x = torch.as_tensor(values, dtype=torch.float64)
     n = x.numel()
-    std = x.std(unbiased=True).item() if n > 1 else 0.0
+    std = x.std(correction=ddof).item() if n > ddof else 0.0
     return {"mean": x.mean().item(), "ci95": 1.96 * std / math.sqrt(n), "n": n}
 
 
@@ -26,8 +33,7 @@ def task_accuracies(learner, modes: list[str], split: str, cfg, tasks_per_mode: 
     result = {}
     with tqdm(total=tasks_per_mode * len(modes), desc=desc, unit="task", leave=False, mininterval=1.0) as bar:
         for index, mode in enumerate(modes):
-            sampler = make_sampler([mode], split, cfg.way, cfg.shot, cfg.eval.query, batch_size,
-                                   root=cfg.data.root, image_size=cfg.image_size, seed=seed + 7919 * index)
+            sampler = sampler_for(cfg, [mode], split, cfg.eval.query, batch_size, seed=seed + 7919 * index)
             accuracies = []
             for done in range(0, tasks_per_mode, batch_size):
                 batch = sampler.sample()
@@ -39,9 +45,9 @@ def task_accuracies(learner, modes: list[str], split: str, cfg, tasks_per_mode: 
     return result
 
 
-def summarise(per_mode: dict[str, torch.Tensor]) -> dict:
-    return {"overall": mean_ci(torch.cat(list(per_mode.values()))),
-            "per_mode": {mode: mean_ci(acc) for mode, acc in per_mode.items()}}
+def summarise(per_mode: dict[str, torch.Tensor], ddof: int = 1) -> dict:
+    return {"overall": mean_ci(torch.cat(list(per_mode.values())), ddof),
+            "per_mode": {mode: mean_ci(acc, ddof) for mode, acc in per_mode.items()}}
 
 
 def results_table(results: dict) -> str:
@@ -56,3 +62,36 @@ def write_results(path: Path, results: dict) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results, indent=1))
     tmp.replace(path)
+
+
+def write_test_tasks(path: Path, per_mode: dict[str, torch.Tensor], seed: int) -> None:
+    """Every test task's accuracy with its mode, in task order: two runs with the same eval.seed met the
+    same tasks, so their arrays compare pairwise (kml.report --compare)."""
+    modes = list(per_mode)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, accuracy=torch.cat(list(per_mode.values())).numpy(),
+                 mode=np.concatenate([np.full(len(acc), i) for i, acc in enumerate(per_mode.values())]),
+                 modes=np.array(modes), eval_seed=seed)
+    os.replace(tmp, path)
+
+
+def evaluate_and_report(learner, cfg: DictConfig, run_dir: Path, logger: RunLogger, device: torch.device) -> dict:
+    """The test phase of a run: eval.tasks_per_mode tasks per mode from eval.seed, results.json and
+    test_tasks.npz in the run folder, the table printed and logged."""
+    modes = list(cfg.benchmark.modes)
+    seed = int(cfg.eval.seed)
+    per_mode = task_accuracies(learner, modes, "test", cfg, cfg.eval.tasks_per_mode, seed + TEST_SEED_OFFSET,
+                               device, desc="test")
+    results = {**summarise(per_mode, int(cfg.eval.std_ddof)), "method": learner.method_name,
+               "benchmark": cfg.benchmark.name, "shot": int(cfg.shot), "way": int(cfg.way)}
+    write_test_tasks(run_dir / "test_tasks.npz", per_mode, seed)
+    write_results(run_dir / "results.json", results)
+    print(f"\n{results['method']} on {results['benchmark']}, {cfg.way}-way {cfg.shot}-shot (test split)")
+    print(results_table(results))
+    rows = [[m, s["mean"], s["ci95"], s["n"]] for m, s in results["per_mode"].items()]
+    logger.log_table("test/results", ["mode", "accuracy", "ci95", "tasks"],
+                     rows + [["overall", *[results["overall"][k] for k in ("mean", "ci95", "n")]]])
+    logger.summary({"test/accuracy": results["overall"]["mean"],
+                    **{f"test/{m}/accuracy": s["mean"] for m, s in results["per_mode"].items()}})
+    return results

@@ -43,7 +43,9 @@ class MetaTraining:
 
 def meta_train(job: MetaTraining, cfg: DictConfig, run_dir: Path, logger: RunLogger) -> None:
     """Train to cfg.train.iterations, resuming from run_dir/last.pt when present; ends holding best.pt's
-    weights when validation ran. Training metrics are logged as means over the steps since the last log."""
+    weights when validation ran and eval.checkpoint is `best`, the final weights when it is `last`.
+    Training metrics are logged as means over the steps since the last log. With train.lr_halving_every
+    = N the learning rate is halved before the step of every N-th iteration (as the released code)."""
     last, best_path = run_dir / "last.pt", run_dir / "best.pt"
     config = OmegaConf.to_container(cfg, resolve=True)
     start, best = 0, None  # best: the best validation score so far, as validate() returned it
@@ -68,6 +70,7 @@ def meta_train(job: MetaTraining, cfg: DictConfig, run_dir: Path, logger: RunLog
                          "config": config}, last)
 
     iterations, saved_at = int(cfg.train.iterations), time.monotonic()
+    halving_every = cfg.train.lr_halving_every
     window = defaultdict(list)  # metric -> values since the last log
     bar = tqdm(range(start, iterations), initial=start, total=iterations, desc="meta-train", unit="it")
     for it in bar:
@@ -77,6 +80,9 @@ def meta_train(job: MetaTraining, cfg: DictConfig, run_dir: Path, logger: RunLog
         if not math.isfinite(metrics["loss"]):
             raise TrainingDiverged(f"loss is {metrics['loss']} at iteration {step}; stopped, the last good "
                                    f"checkpoint is {last if last.exists() else 'none'} ({job.divergence_hint})")
+        if halving_every and step % halving_every == 0:
+            for group in job.optimizer.param_groups:  # saved with the optimizer in last.pt: resumes as is
+                group["lr"] *= 0.5
         job.optimizer.step()
         if job.after_step:
             job.after_step(step)
@@ -100,5 +106,5 @@ def meta_train(job: MetaTraining, cfg: DictConfig, run_dir: Path, logger: RunLog
             save_last(step)
             saved_at = time.monotonic()
     bar.close()
-    if best_path.exists():
+    if best_path.exists() and cfg.eval.checkpoint == "best":
         job.model.load_state_dict(checkpoint.load(best_path)["model"])

@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from kml import plots
-from kml.learners.summary import METHOD_NAMES
-from kml.published import PUBLISHED, PUBLISHED_PER_MODE, SOURCE
+from kml.published import METHODS, PUBLISHED, SOURCE
 
 
 def find_results(folders: list[str]) -> list[dict]:
@@ -69,10 +68,9 @@ def summaries(r: dict, modes: bool) -> list[tuple[str, dict]]:
     return list(r["per_mode"].items()) + ([("overall", r["overall"])] if len(r["per_mode"]) > 1 else [])
 
 
-def published_value(method: str, benchmark: str, way: int, shot: int, mode: str) -> float | None:
-    if mode == "overall":
-        return PUBLISHED.get((method, benchmark, way, shot))
-    return PUBLISHED_PER_MODE.get((method, benchmark, way, shot, mode))
+def published_value(method: str, benchmark: str, way: int, shot: int, mode: str) -> tuple[float, float] | None:
+    """(mean, ci95) in % as published; the paper reports overall accuracies only."""
+    return PUBLISHED.get((method, benchmark, way, shot)) if mode == "overall" else None
 
 
 def build_table(runs: list[dict], published: bool, modes: bool = False
@@ -88,7 +86,7 @@ def build_table(runs: list[dict], published: bool, modes: bool = False
             value = published_value(r["method"], r["benchmark"], r["way"], r["shot"], mode) if published else None
             if value is not None:
                 records.append({"method": r["method"], "setup": setup, "mode": mode, "source": "paper",
-                                "mean": value / 100, "ci95": None, "n": None})
+                                "mean": value[0] / 100, "ci95": value[1] / 100, "n": None})
 
     def column(rec: dict) -> str:
         return f"{rec['setup']} {rec['mode']}" if modes else rec["setup"]
@@ -110,7 +108,7 @@ def build_table(runs: list[dict], published: bool, modes: bool = False
             if not found:
                 row.append("")
             elif source == "paper":
-                row.append(f"{100 * found[0]['mean']:.2f}")
+                row.append(f"{100 * found[0]['mean']:.2f} ± {100 * found[0]['ci95']:.2f}")
             else:
                 s = pooled(found) if len(found) > 1 else found[0]
                 row.append(f"{100 * s['mean']:.2f} ± {100 * s['ci95']:.2f}")
@@ -119,7 +117,7 @@ def build_table(runs: list[dict], published: bool, modes: bool = False
 
 
 def transference_by_method(runs: list[dict]) -> dict[str, dict[int, np.ndarray]]:
-    """method -> {iteration: LR matrix} from the runs' transference/lr_step<N>.npz files, in METHOD_NAMES order."""
+    """method -> {iteration: LR matrix} from the runs' transference/lr_step<N>.npz files, in the paper's order."""
     grid = {}
     for r in runs:
         for file in Path(r["path"], "transference").glob("lr_step*.npz"):
@@ -128,10 +126,11 @@ def transference_by_method(runs: list[dict]) -> dict[str, dict[int, np.ndarray]]
 
 
 def method_order(method: str) -> tuple:
-    """The paper's row order: MAML, Multi-MAML, MMAML, MMAML+KML, ProtoNet, …; unknown names last."""
-    names = list(METHOD_NAMES.values())
+    """The paper's row order: MAML, Multi-MAML, MMAML, MMAML+KML, ProtoNet, …; other names after them, each
+    followed by its Multi- row."""
     base = method.removeprefix("Multi-")
-    return (names.index(base) if base in names else len(names), method.startswith("Multi-"), method)
+    rank = METHODS.index(base) if base in METHODS else len(METHODS)
+    return (rank, base if rank == len(METHODS) else "", method.startswith("Multi-"), method)
 
 
 def markdown(header: list[str], rows: list[list[str]]) -> str:

@@ -31,19 +31,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 from torch.func import functional_call, grad, grad_and_value, vmap
 from tqdm import tqdm
 
 from kml import checkpoint
-from kml.data.benchmark import make_sampler
+from kml.data.benchmark import sampler_for
 from kml.data.episodes import Batch
 from kml.errors import ConfigError
-from kml.learners import Learner
-from kml.learners.base import detach_modulation
+from kml.learners import Learner, load_learner
 from kml.logger import RunLogger
+from kml.runtime import pick_device
 
 # The analysis draws its own tasks, apart from the training, validation and test streams of kml/train.py.
 SOURCE_SEED_OFFSET, TARGET_SEED_OFFSET = 300_007, 400_009
@@ -54,31 +53,16 @@ Params = dict[str, torch.Tensor]
 
 
 class _TaskLoss(nn.Module):
-    """One task's meta-training loss through the learner's public methods.
-
-    A module around the learner so that functional_call can run it on any parameter dict (its keys are the
-    learner's parameter names prefixed with "learner.").
-    """
+    """One task's meta-training loss (the learner's own `task_loss`), as a module around the learner so
+    that functional_call can run it on any parameter dict (its keys are the learner's parameter names
+    prefixed with "learner.")."""
 
     def __init__(self, learner: Learner) -> None:
         super().__init__()
         self.learner = learner
 
     def forward(self, support_x, support_y, query_x, query_y, outer_graph: bool) -> torch.Tensor:
-        learner = self.learner
-        if learner.kind == "protonet":
-            logits = learner.query_logits(support_x, support_y, query_x)
-        elif learner.kind == "maml":
-            modulation = learner.task_modulation(support_x)
-            # As MAML.meta_loss: first order sees the modulation detached in the inner loop.
-            inner = detach_modulation(modulation) if learner.first_order else modulation
-            adapted = learner.adapt(support_x, support_y, inner, learner.train_steps,
-                                    create_graph=outer_graph and not learner.first_order,
-                                    params=dict(learner.backbone.named_parameters()))
-            logits = learner.logits(adapted, query_x, modulation)
-        else:
-            raise ValueError(f"transference supports maml and protonet learners, not {learner.kind!r}")
-        return F.cross_entropy(logits, query_y)
+        return self.learner.task_loss(support_x, support_y, query_x, query_y, outer_graph=outer_graph)
 
 
 def meta_parameters(learner: Learner) -> Params:
@@ -182,11 +166,11 @@ class Transference:
             return
         self.source_mode, self.target_mode = self._modes(cfg)
         if settings.split not in SPLITS:
-            raise _config_error(f"transference.split={settings.split!r}; choose one of {', '.join(SPLITS)}")
+            raise ConfigError(f"transference.split={settings.split!r}; choose one of {', '.join(SPLITS)}")
         if int(settings.sources) < 1 or int(settings.targets) < 1 or int(settings.chunk) < 1:
-            raise _config_error("transference.sources, .targets and .chunk must be at least 1")
+            raise ConfigError("transference.sources, .targets and .chunk must be at least 1")
         if training and self.enabled and not any(1 <= i <= cfg.train.iterations for i in self.iterations):
-            raise _config_error(f"transference.iterations={sorted(self.iterations)} has none in 1..train.iterations="
+            raise ConfigError(f"transference.iterations={sorted(self.iterations)} has none in 1..train.iterations="
                                 f"{cfg.train.iterations}, so nothing would be measured; set e.g. "
                                 f"transference.iterations=[{cfg.train.iterations}]")
 
@@ -197,7 +181,7 @@ class Transference:
         for key, default in (("source_mode", modes[0]), ("target_mode", modes[min(1, len(modes) - 1)])):
             mode = settings[key] if settings[key] is not None else default
             if mode not in modes:
-                raise _config_error(f"transference.{key}={mode!r} is not a mode of benchmark "
+                raise ConfigError(f"transference.{key}={mode!r} is not a mode of benchmark "
                                     f"{cfg.benchmark.name}; choose one of: {', '.join(modes)}")
             chosen.append(str(mode))
         return chosen[0], chosen[1]
@@ -212,22 +196,21 @@ class Transference:
         """The same source tasks at every measurement (a fresh sampler from the same seed)."""
         cfg, settings = self.cfg, self.cfg.transference
         chunk, total = int(settings.chunk), int(settings.sources)
-        sampler = make_sampler([self.source_mode], "train", cfg.way, cfg.shot, cfg.train.query, chunk,
-                               root=cfg.data.root, image_size=cfg.image_size,
-                               seed=int(settings.seed) + SOURCE_SEED_OFFSET)
+        sampler = sampler_for(cfg, [self.source_mode], "train", cfg.train.query, chunk,
+                              seed=int(settings.seed) + SOURCE_SEED_OFFSET)
         for done in range(0, total, chunk):
             yield take(sampler.sample(), total - done).to(self.device, dtype)
 
     def target_tasks(self, dtype: torch.dtype) -> Batch:
         cfg, settings = self.cfg, self.cfg.transference
-        sampler = make_sampler([self.target_mode], settings.split, cfg.way, cfg.shot, cfg.eval.query,
-                               int(settings.targets), root=cfg.data.root, image_size=cfg.image_size,
-                               seed=int(settings.seed) + TARGET_SEED_OFFSET)
+        sampler = sampler_for(cfg, [self.target_mode], settings.split, cfg.eval.query, int(settings.targets),
+                              seed=int(settings.seed) + TARGET_SEED_OFFSET)
         return sampler.sample().to(self.device, dtype)
 
     def alpha(self, learner_cfg) -> float:
+        """transference.alpha, or when null the outer learning rate of the learner measured."""
         alpha = self.cfg.transference.alpha
-        return float(learner_cfg.get("lr", 1e-3) if alpha is None else alpha)
+        return float(learner_cfg["lr"] if alpha is None else alpha)
 
     def measure(self, learner: Learner, step: int, logger: RunLogger, alpha: float | None = None) -> dict:
         """Measure, save transference/lr_step{step}.npz and the plots under logger.run_dir, log them."""
@@ -283,107 +266,16 @@ def history(folder: Path) -> tuple[list[int], np.ndarray]:
     return [s for s, _ in found], np.array([f for _, f in found])
 
 
-def _config_error(message: str) -> Exception:
-    return ConfigError(message)
-
-
 def run(cfg: DictConfig, run_dir: Path, logger: RunLogger) -> dict:
     """`python launch.py task=transference checkpoint=PATH`: measure a saved model once."""
-    from kml.train import load_for_eval, pick_device
-
     if "transference" not in cfg:
-        raise _config_error("task=transference needs the transference group: add +transference=off")
+        raise ConfigError("task=transference needs the transference group: add +transference=off")
     device = pick_device(cfg.device)
     analysis = Transference(cfg, device, training=False)
     if not cfg.checkpoint:
-        raise _config_error("task=transference needs checkpoint=PATH (a run's best.pt or last.pt)")
-    learner = load_for_eval(cfg, device)
+        raise ConfigError("task=transference needs checkpoint=PATH (a run's best.pt or last.pt)")
+    learner = load_learner(cfg.checkpoint, cfg.way, device)
     state = checkpoint.load(cfg.checkpoint)
     # α defaults to the outer learning rate the checkpoint was trained with.
     alpha = analysis.alpha(state["config"]["learner"])
     return analysis.measure(learner, int(state["iteration"]), logger, alpha=alpha)
-
-
-
-
-def _default_config() -> DictConfig:
-    """What `python launch.py` composes (conf/ of this checkout), with the transference group's defaults."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose(config_name="config")
-    if "transference" not in cfg:
-        OmegaConf.set_struct(cfg, False)
-        cfg.transference = OmegaConf.load(conf / "transference" / "off.yaml")
-    return cfg
-
-
-def _median_seconds(work, repeats: int) -> float:
-    work()  # warm-up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - started)
-    return float(np.median(times))
-
-
-def benchmark(root: str | Path = "data", quick: bool = False, device: str = "cpu") -> list[tuple[str, float, str]]:
-    """(what, value, unit) rows for `python launch.py`'s model and episodes (MMAML+KML, conv4-32, 5-way
-    1-shot, 15 queries, 32 px synthetic): source-target pairs per second in chunks of transference.chunk
-    and one source at a time, a training iteration, and the cost of the default measurements (sources ×
-    targets at each of transference.iterations) on a run of max(iterations) iterations."""
-    from kml.data import synthetic
-    from kml.learners import build_learner, build_optimizer
-
-    cfg = _default_config()
-    settings = cfg.transference
-    size, count, repeats = (16, 4, 1) if quick else (int(cfg.image_size), 2 * int(settings.chunk), 3)
-    chunk = min(int(settings.chunk), count)
-    synthetic.ensure(root, size)
-    torch.manual_seed(0)
-    learner = build_learner(cfg).to(device)
-    modes = list(cfg.benchmark.modes)
-
-    def tasks(mode: str, split: str, n: int, query: int) -> Batch:
-        sampler = make_sampler([mode], split, cfg.way, cfg.shot, query, n, root=root, image_size=size, seed=1)
-        return sampler.sample().to(device)
-
-    sources = tasks(modes[0], "train", count, cfg.train.query)
-    targets = tasks(modes[min(1, len(modes) - 1)], settings.split, 4, cfg.eval.query)
-
-    def pairs_per_second(size: int, target: Batch) -> float:
-        parts = [take(Batch(sources.support_x[i:], sources.support_y[i:], sources.query_x[i:],
-                            sources.query_y[i:], sources.mode[i:]), size) for i in range(0, count, size)]
-        return count * target.num_tasks / _median_seconds(lambda: measure(learner, parts, target, 1e-3), repeats)
-
-    one_target = take(targets, 1)
-    batched = pairs_per_second(chunk, one_target)
-    where = f"{size}px, {device}, {torch.get_num_threads()} threads"
-    rows = [(f"pairs/s, chunks of {chunk}, 1 target ({where})", batched, "pairs/s"),
-            (f"pairs/s, chunks of {chunk}, 4 targets", pairs_per_second(chunk, targets), "pairs/s"),
-            ("pairs/s, one source at a time, 1 target", pairs_per_second(1, one_target), "pairs/s")]
-    optimizer = build_optimizer(learner, cfg)
-    batch = tasks(modes[0], "train", int(cfg.train.meta_batch), cfg.train.query)
-
-    def iteration() -> None:
-        loss, _ = learner.meta_loss(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    iteration_s = _median_seconds(iteration, repeats + 2)
-    pairs, run = int(settings.sources) * int(settings.targets), max(int(i) for i in settings.iterations)
-    # At 1 target (the default) this is the measured time; with more, each source gradient serves several
-    # targets, so the estimate is an upper bound.
-    measurement_s = pairs / batched
-    measurements = len(settings.iterations)
-    return rows + [
-        (f"training iteration (meta-batch {cfg.train.meta_batch})", iteration_s, "s"),
-        (f"one default measurement ({settings.sources} sources x {settings.targets} target)", measurement_s, "s"),
-        ("  the same in training iterations", measurement_s / iteration_s, "iterations"),
-        (f"overhead of {measurements} measurements on a {run:,}-iteration run",
-         100 * measurements * measurement_s / (run * iteration_s), "%"),
-    ]

@@ -6,17 +6,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+from kml.config import compose  # noqa: F401  (the config launch.py would see; used by the tests)
+
 REPO = Path(__file__).resolve().parents[1]
-TINY_SIZE = 16
 
 
 def tiny_overrides(data_root: Path, learner: str = "protonet", modulation: str = "none") -> list[str]:
-    """A run of a few seconds on the synthetic benchmark."""
-    return [f"learner={learner}", f"modulation={modulation}", "backbone.channels=8", f"image_size={TINY_SIZE}",
-            "train.iterations=20", "train.val_every=10", "train.val_tasks_per_mode=6", "train.meta_batch=2",
-            "train.query=5", "eval.tasks_per_mode=12", "eval.meta_batch=6", "eval.query=5",
-            "++modulation.embedding_dim=16", "++modulation.encoder_channels=[8,8,8,8]",
-            "++learner.train_steps=1", "++learner.test_steps=1", "logger.mode=disabled", f"data.root={data_root}"]
+    """A run of a few seconds on the synthetic benchmark (conf/debug/tiny.yaml)."""
+    return ["debug=tiny", f"learner={learner}", f"modulation={modulation}", "logger.mode=disabled",
+            f"data.root={data_root}"]
 
 
 def launch(args: list[str], timeout: float = 300, **popen) -> subprocess.CompletedProcess:
@@ -29,12 +27,3 @@ def start(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "launch.py", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def compose(overrides: list[str]):
-    """The config launch.py would see, without running it."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides)

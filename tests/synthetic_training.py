@@ -9,6 +9,7 @@ from kml.data import synthetic
 from kml.data.benchmark import make_sampler
 from kml.data.episodes import Batch
 from kml.learners import build_learner, build_optimizer
+from tests.configs import composed
 
 IMAGE_SIZE = 16
 
@@ -24,12 +25,13 @@ def train_and_evaluate(root: Path, learner_name: str, modulation: str, iteration
                        train_steps: int, seed: int = 0) -> tuple[float, float]:
     """Meta-train a small learner; mean accuracy on 60 held-out test-split tasks before and after."""
     torch.manual_seed(seed)
-    cfg = {
-        "way": 5,
-        "backbone": {"name": "conv4", "channels": channels},
-        "learner": {"name": learner_name, "train_steps": train_steps, "test_steps": 5, "lr": 3e-3},
-        "modulation": {"name": modulation, "embedding_dim": 16, "encoder_channels": [8, 8, 16, 16]},
-    }
+    overrides = [f"learner={learner_name}", f"modulation={modulation}", "way=5", f"backbone.channels={channels}",
+                 "learner.lr=3e-3"]
+    if learner_name == "maml":
+        overrides += [f"learner.train_steps={train_steps}", "learner.test_steps=5"]
+    if modulation != "none":
+        overrides += ["modulation.embedding_dim=16", "modulation.encoder_channels=[8,8,16,16]"]
+    cfg = composed(*overrides)
     learner = build_learner(cfg)
     optimizer = build_optimizer(learner, cfg)
     held_out = tasks(root, "test", 60, seed + 1)

@@ -11,27 +11,28 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from kml.config import CONF_DIR
 from kml.data.episodes import Batch
-from kml.learners import MAML, ProtoNet, batched, batched_conv, build_learner
+from kml.learners import batched, batched_conv, build_learner
 from kml.learners.batched import FastPath
 from kml.models.functional import batch_norm, fused_batch_norm
-from tests.test_learners import CONF, random_batch, randomise_generator, tiny_config
+from tests.configs import LEARNERS, MODULATIONS, composed, tiny_config
+from tests.test_learners import random_batch, randomise_generator
 
-MODULATIONS = ["none", "film", "kml"]
 CLIP = 0.05  # small enough to bind on these tiny tasks (checked below)
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def learner_pair(learner_name: str, modulation: str, **keys):
+def learner_pair(learner_name: str, modulation: str, *overrides: str, **keys):
     """The same float64 learner twice: plain per-task loop and batched (identical parameters)."""
     torch.manual_seed(0)
     keys = {"inner_lr": 0.5, "train_steps": 2, "grad_clip": CLIP, **keys} if learner_name == "maml" else keys
-    loop = build_learner(tiny_config(learner_name, modulation, **keys, batched=False)).double()
-    if modulation != "none":
+    loop = build_learner(tiny_config(learner_name, modulation, *overrides, **keys, batched=False)).double()
+    if loop.modulator is not None:
         randomise_generator(loop)
-    fast = build_learner(tiny_config(learner_name, modulation, **keys, batched=True)).double()
+    fast = build_learner(tiny_config(learner_name, modulation, *overrides, **keys, batched=True)).double()
     fast.load_state_dict(loop.state_dict())
     return loop, fast
 
@@ -86,7 +87,7 @@ def test_every_convolution_method_and_task_grouping_gives_the_same_meta_gradient
     torch.testing.assert_close(fast.evaluate(batch), loop.evaluate(batch), rtol=0, atol=0)
 
 
-def test_convolution_methods_agree_and_auto_remembers_its_choice():
+def test_convolution_methods_agree():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4, 3 * 5, 9, 9, generator=g, dtype=torch.float64)  # 3 tasks, 5 channels each
     weight = torch.randn(3, 6, 5, 3, 3, generator=g, dtype=torch.float64)
@@ -100,7 +101,6 @@ def test_convolution_methods_agree_and_auto_remembers_its_choice():
     torch.testing.assert_close(
         batched_conv.conv("timed", x, weight, None, 1, 1)[:, :6], F.conv2d(x[:, :5], weight[0], padding=1)
     )
-    assert set(batched_conv.chosen().values()) <= set(batched_conv.METHODS) and batched_conv.chosen()
 
 
 def test_batched_maml_differs_between_orders():
@@ -185,33 +185,24 @@ def test_batch_norm_is_correct_under_vmap_to_second_order():
 
 
 def test_fast_path_flags_and_config_defaults():
-    assert FastPath.from_config({}) == FastPath()  # no key: the plain per-task loop
+    yaml = OmegaConf.load(CONF_DIR / "learner" / "fast_path" / "default.yaml")
+    assert FastPath.from_config(yaml) == FastPath()  # the dataclass defaults are the YAML's
     parsed = FastPath.from_config(
-        {"batched": "auto", "autocast": "false", "channels_last": True, "compile": "aot_eager"}
+        {**yaml, "batched": "auto", "autocast": "false", "channels_last": True, "compile": "aot_eager"}
     )
     assert parsed == FastPath(batched="auto", autocast=False, channels_last=True, compile="aot_eager")
     assert parsed.use_batched(torch.device("cpu")) and parsed.compile_backend() == "aot_eager"
     assert FastPath(compile=True).compile_backend() == "inductor" and FastPath().compile_backend() is None
-    assert FastPath.from_config({"tasks_per_pass": 3, "conv": "unfold"}) == FastPath(
+    assert FastPath.from_config({**yaml, "tasks_per_pass": 3, "conv": "unfold"}) == FastPath(
         tasks_per_pass=3, conv="unfold"
     )
     for key in ("batched", "compile", "conv", "tasks_per_pass"):
         with pytest.raises(ValueError, match=key):
-            FastPath.from_config({key: "sometimes"})
+            FastPath.from_config({**yaml, key: "sometimes"})
     with pytest.raises(ValueError, match="tasks_per_pass"):
-        FastPath.from_config({"tasks_per_pass": 0})
-    for learner_name, cls in (("maml", MAML), ("protonet", ProtoNet)):
-        cfg = OmegaConf.create(
-            {
-                "backbone": OmegaConf.load(CONF / "backbone" / "conv4.yaml"),
-                "learner": OmegaConf.load(CONF / "learner" / f"{learner_name}.yaml"),
-                "modulation": OmegaConf.load(CONF / "modulation" / "kml.yaml"),
-                "way": 5,
-            }
-        )
-        learner = build_learner(cfg)
-        assert isinstance(learner, cls)
-        # the measured defaults (BENCHMARKS.md)
+        FastPath.from_config({**yaml, "tasks_per_pass": 0})
+    for learner_name in LEARNERS:  # what launch.py runs: the measured defaults (BENCHMARKS.md)
+        learner = build_learner(composed(f"learner={learner_name}"))
         assert learner.fast_path == FastPath(batched="auto", channels_last="auto")
     auto = FastPath(channels_last="auto")
     assert auto.use_channels_last(torch.device("cpu"), twice=False)

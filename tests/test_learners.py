@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
+from kml import registry
 from kml.data.episodes import Batch
 from kml.learners import (
-    MAML,
-    ProtoNet,
     build_learner,
     build_optimizer,
     describe,
@@ -20,24 +16,11 @@ from kml.learners import (
     parameter_counts,
 )
 from kml.learners.base import detach_modulation
+from kml.models import KMLGenerator
+from tests.configs import COMBINATIONS, composed, tiny_config
 from tests.synthetic_training import tasks, train_and_evaluate
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-COMBINATIONS = [
-    (learner, modulation) for learner in ("maml", "protonet") for modulation in ("none", "film", "kml")
-]
-
-
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def tiny_config(learner="maml", modulation="kml", channels=2, embedding_dim=4, **learner_keys):
-    return {
-        "way": learner_keys.pop("way", 2),
-        "backbone": {"name": "conv4", "channels": channels},
-        "learner": {"name": learner, **learner_keys},
-        "modulation": {"name": modulation, "embedding_dim": embedding_dim, "encoder_channels": [2, 2, 4, 4]},
-    }
 
 
 def random_batch(tasks=2, way=2, shot=2, query=3, size=8, dtype=torch.float32, seed=0) -> Batch:
@@ -182,6 +165,18 @@ def record_outputs(learner, method_name):
     return outputs
 
 
+def record_first_arguments(learner, method_name):
+    """Replace learner.<method_name> by a wrapper that keeps the first argument of every call."""
+    arguments, original = [], getattr(learner, method_name)
+
+    def recording(*args, **kwargs):
+        arguments.append(args[0])
+        return original(*args, **kwargs)
+
+    setattr(learner, method_name, recording)
+    return arguments
+
+
 def flat_tensors(value):
     """The tensors inside a modulation list / parameter dict / tensor, in a fixed order."""
     if isinstance(value, torch.Tensor):
@@ -211,7 +206,9 @@ def test_encoder_sees_the_support_set_only(learner_name):
         batch.support_x, batch.support_y, random_batch(tasks=3, seed=1).query_x, batch.query_y, batch.mode
     )
     modulations = record_outputs(learner, "task_modulation")
-    support_side = record_outputs(learner, "adapt" if learner_name == "maml" else "prototypes")
+    # MAML: the adapted parameters; ProtoNet: the support features its prototypes are made of.
+    support_side = (record_outputs(learner, "adapt") if learner_name == "maml"
+                    else record_first_arguments(learner, "logits"))
     losses = [learner.meta_loss(b)[0] for b in (batch, changed)]
     assert len(modulations) == len(support_side) == 2 * batch.num_tasks
     for first, second in zip(
@@ -231,7 +228,7 @@ def test_protonet_logits_match_a_hand_computation():
         modulation = learner.task_modulation(x)
         support = learner.backbone(x, modulation=modulation).tolist()
         queries = learner.backbone(q, modulation=modulation).tolist()
-        logits = learner.query_logits(x, y, q)
+        logits = learner.task_logits(x, y, q)
     for i, query in enumerate(queries):
         for c in range(3):
             members = [s for s, label in zip(support, y.tolist(), strict=True) if label == c]
@@ -276,38 +273,35 @@ def test_meta_loss_reaches_every_trainable_parameter(learner_name, modulation):
 
 
 def load_config(learner, modulation, backbone="conv4", way=5):
-    return OmegaConf.create(
-        {
-            "backbone": OmegaConf.load(CONF / "backbone" / f"{backbone}.yaml"),
-            "learner": OmegaConf.load(CONF / "learner" / f"{learner}.yaml"),
-            "modulation": OmegaConf.load(CONF / "modulation" / f"{modulation}.yaml"),
-            "way": way,
-        }
-    )
+    return composed(f"learner={learner}", f"modulation={modulation}", f"backbone={backbone}", f"way={way}")
 
 
 @pytest.mark.parametrize("learner_name, modulation", COMBINATIONS)
-def test_config_groups_build_the_paper_methods(learner_name, modulation):
+def test_config_groups_build_their_methods(learner_name, modulation):
     cfg = load_config(learner_name, modulation)
     learner = build_learner(cfg)
-    assert isinstance(learner, MAML if learner_name == "maml" else ProtoNet)
-    assert method_name(learner) in describe(learner)
+    assert isinstance(learner, registry.locate(cfg.learner, "learner"))
+    assert learner.method_name == method_name(cfg) and learner.method_name in describe(learner)
+    assert (learner.backbone.head is not None) == type(learner).needs_head
     counts = parameter_counts(learner)
-    assert (counts["encoder"] > 0) == (modulation != "none")
-    assert ("reduction_factor" in counts) == (modulation == "kml")
+    assert (counts["encoder"] > 0) == registry.has_target(cfg.modulation)
+    assert ("reduction_factor" in counts) == isinstance(getattr(learner.modulator, "generator", None), KMLGenerator)
     optimizer = build_optimizer(learner, cfg)
-    assert isinstance(optimizer, torch.optim.Adam) and optimizer.param_groups[0]["lr"] == 1e-3
+    assert isinstance(optimizer, torch.optim.Adam) and optimizer.param_groups[0]["lr"] == cfg.learner.lr
     assert sum(p.numel() for p in optimizer.param_groups[0]["params"]) == sum(
         p.numel() for p in learner.parameters()
     )
-    if learner_name == "maml":
-        assert (learner.inner_lr, learner.train_steps, learner.test_steps) == (0.05, 5, 5)
-        assert (learner.grad_clip, learner.first_order) == (20.0, False)
-        assert learner.backbone.head.out_features == 5
+
+
+def test_maml_takes_mmaml_defaults_from_its_yaml():
+    learner = build_learner(load_config("maml", "kml"))
+    assert (learner.inner_lr, learner.train_steps, learner.test_steps) == (0.05, 5, 5)
+    assert (learner.grad_clip, learner.first_order) == (20.0, False)
+    assert learner.backbone.head.out_features == 5
 
 
 def test_method_names_and_kml_reduction_of_the_default_model():
-    names = {method_name(build_learner(load_config(lrn, mod, "conv4_maxpool"))) for lrn, mod in COMBINATIONS}
+    names = {build_learner(load_config(lrn, mod, "conv4_maxpool")).method_name for lrn, mod in COMBINATIONS}
     assert names == {"MAML", "MMAML", "MMAML+KML", "ProtoNet", "MProtoNet", "MProtoNet+KML"}
     counts = parameter_counts(build_learner(load_config("maml", "kml")))
     assert counts["generator"] == 129 * 3003

@@ -9,7 +9,8 @@ from kml.logger import RunLogger
 from kml.loop import MetaTraining, meta_train
 
 CFG = OmegaConf.create({"train": {"iterations": 8, "log_every": 2, "val_every": 2, "checkpoint_every": 100,
-                                  "checkpoint_minutes": 5, "resume": True}})
+                                  "checkpoint_minutes": 5, "resume": True, "lr_halving_every": None},
+                        "eval": {"checkpoint": "best"}})
 SCORES = [0.5, 0.2, 0.9, 0.4]  # validation after iterations 2, 4, 6, 8
 
 

@@ -205,7 +205,7 @@ def test_task_encoder_embeds_a_set():
     assert v.shape == (6,) and (v >= 0).all()
     # A set function: the order of the support images does not matter.
     torch.testing.assert_close(encoder(support[torch.randperm(10)]), v)
-    assert TaskEncoder()(torch.rand(5, 3, 84, 84)).shape == (128,)
+    assert TaskEncoder(3, (32, 64, 128, 256), 128)(torch.rand(5, 3, 84, 84)).shape == (128,)
 
 
 def test_kml_parameter_reduction_for_the_default_backbone():

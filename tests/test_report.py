@@ -31,11 +31,12 @@ def test_table_with_multi_rows_and_published(tmp_path, monkeypatch, capsys):
     write(tmp_path / "c", "MAML", "omniglot", {"omniglot": [1.0, 0.9]})
     write(tmp_path / "d", "MAML", "miniimagenet", {"miniimagenet": [0.3, 0.5]})
     write(tmp_path / "e", "MAML", "fc100", {"fc100": [0.3, 0.5]})  # no multimodal setup uses it alone
-    monkeypatch.setitem(report.PUBLISHED, ("MAML", "2mode", 5, 1), 66.8)
     assert report.main([str(tmp_path), "--published"]) == 0
     out = capsys.readouterr().out
     table = {line.split("  ")[0]: line for line in out.splitlines()}
-    assert "Multi-MAML" in table and "MAML (paper)" in table and "66.80" in table["MAML (paper)"]
+    # The paper's Table: MAML on 2Mode (Omniglot + mini-ImageNet), 5-way 1-shot, 65.18 ± 0.61.
+    assert "Multi-MAML" in table and "MAML (paper)" in table and "65.18 ± 0.61" in table["MAML (paper)"]
+    assert "66.77 ± 0.68" in table["Multi-MAML (paper)"] and "68.01 ± 0.59" in table["MMAML+KML (paper)"]
     multi = report.multi_rows(report.find_results([str(tmp_path)]))
     assert len(multi) == 1 and multi[0]["benchmark"] == "2mode"
     assert multi[0]["overall"]["mean"] == pytest.approx((1.0 + 0.9 + 0.3 + 0.5) / 4)
@@ -45,19 +46,18 @@ def test_table_with_multi_rows_and_published(tmp_path, monkeypatch, capsys):
     assert any(r.startswith("Multi-MAML,2mode 5w1s,overall,ours") for r in rows)
 
 
-def test_per_mode_columns(tmp_path, monkeypatch):
+def test_per_mode_columns(tmp_path):
     write(tmp_path / "a", "MAML", "2mode", {"omniglot": [0.9, 0.8], "miniimagenet": [0.4, 0.5]})
     write(tmp_path / "c", "MAML", "omniglot", {"omniglot": [1.0, 0.9]})
     write(tmp_path / "d", "MAML", "miniimagenet", {"miniimagenet": [0.3, 0.5]})
-    monkeypatch.setitem(report.PUBLISHED_PER_MODE, ("MAML", "2mode", 5, 1, "omniglot"), 90.0)
     header, rows, records = report.build_table(report.find_results([str(tmp_path)]), published=True, modes=True)
     # The multimodal setup first, its modes then overall; then the specialists' own setups.
     assert header == ["method", "2mode 5w1s miniimagenet", "2mode 5w1s omniglot", "2mode 5w1s overall",
                       "miniimagenet 5w1s miniimagenet", "omniglot 5w1s omniglot"]
-    assert [row[0] for row in rows] == ["MAML", "MAML (paper)", "Multi-MAML"]  # the paper's row order
+    assert [row[0] for row in rows] == ["MAML", "MAML (paper)", "Multi-MAML", "Multi-MAML (paper)"]
     table = {row[0]: row[1:] for row in rows}
     assert table["MAML"][:3] == ["45.00 ± 9.80", "85.00 ± 9.80", "65.00 ± 23.33"]
-    assert table["MAML (paper)"] == ["", "90.00", "", "", ""]
+    assert table["MAML (paper)"] == ["", "", "65.18 ± 0.61", "", ""]  # published: overall only
     # Multi-MAML per mode is each specialist's own result; its overall pools them.
     assert table["Multi-MAML"][:3] == ["40.00 ± 19.60", "95.00 ± 9.80", "67.50 ± 32.38"]
     assert {r["mode"] for r in records} == {"omniglot", "miniimagenet", "overall"}
@@ -90,3 +90,31 @@ def test_transference_grid_of_a_sweep(tmp_path, capsys):
     figure = tmp_path / "transference.png"
     assert report.main([str(tmp_path), "--transference", str(figure)]) == 0
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"wrote {figure}" in capsys.readouterr().out
+
+
+def test_published_keys_are_names_runs_write():
+    """Every published (method, benchmark) is what a run of this repository writes into results.json (or the
+    report's Multi- row of its specialists), so --published can never miss a row by a spelling."""
+    from kml.learners import method_name
+    from kml.published import PUBLISHED
+    from tests.configs import COMBINATIONS, composed, options
+
+    methods = {method_name(composed(f"learner={lrn}", f"modulation={mod}")) for lrn, mod in COMBINATIONS}
+    methods |= {f"Multi-{m}" for m in methods}
+    keys = {(method, benchmark, way, shot) for method, benchmark, way, shot in PUBLISHED}
+    assert {m for m, *_ in keys} <= methods and {b for _, b, *_ in keys} <= set(options("benchmark"))
+    assert len(PUBLISHED) == 8 * 4 * 2 and {(w, s) for *_, w, s in keys} == {(5, 1), (5, 5)}
+
+
+def test_published_numbers_equal_the_shared_transcription():
+    from kml.published import PUBLISHED
+    from tests.conftest import SHARED_DATA
+
+    source = SHARED_DATA.parent / "paper" / "kml_neurips2021_results.json"
+    if not source.is_file():
+        pytest.skip(f"{source} is absent (the shared folder holds the paper's tables)")
+    table = json.loads(source.read_text())
+    expected = {(method, setup, table["way"], int(shot)): tuple(value)
+                for method, setups in table["results"].items() for setup, shots in setups.items()
+                for shot, value in shots.items()}
+    assert PUBLISHED == expected

@@ -19,6 +19,7 @@ from kml.errors import ConfigError
 from kml.learners import build_learner
 from kml.logger import RunLogger
 from kml.train import pick_device, train
+from tests import configs
 from tests.runs import compose, tiny_overrides
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -32,12 +33,8 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 def tiny_learner(kind="maml", modulation="kml", first_order=False, batched=False, seed=0):
     torch.manual_seed(seed)
-    learner = build_learner({
-        "way": 3, "backbone": {"name": "conv4", "channels": 2},
-        "learner": {"name": kind, "train_steps": 2, "inner_lr": 0.1, "first_order": first_order,
-                    "batched": batched},
-        "modulation": {"name": modulation, "embedding_dim": 4, "encoder_channels": [2, 2, 2, 2]},
-    }).double()
+    inner = {"train_steps": 2, "inner_lr": 0.1, "first_order": first_order} if kind == "maml" else {}
+    learner = build_learner(configs.tiny_config(kind, modulation, way=3, batched=batched, **inner)).double()
     with torch.no_grad():  # move off the identity modulation so that every parameter matters
         for p in learner.parameters():
             p.add_(0.1 * torch.randn_like(p))

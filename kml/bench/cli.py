@@ -1,11 +1,13 @@
-"""Benchmarks that print numbers (never timed assertions): `python -m kml.bench [data|train] [--quick]`.
+"""Benchmarks that print numbers (never timed assertions):
+`python -m kml.bench [data|train|transference] [--quick]`.
 
 data:  episodes/s of the samplers.
 train: one meta-iteration (forward + backward + Adam step) of every learner × modulation (× MAML order)
        on one fixed meta-batch: ms, tasks/s, peak memory, achieved FLOP/s and its fraction of this
        device's own dense float32 matmul FLOP/s (measured in the same run), and the ratio to a
        reference MAML step written with the `higher` library (extra `bench`), same model and tasks.
-Without an argument both run. Every figure is a median over repeats after warm-up.
+transference: source-target pairs/s of the transference analysis and its overhead on a training run.
+Without an argument data and train run. Every figure is a median over repeats after warm-up.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ import torch
 from kml.allocator import keep_freed_memory
 from kml.bench.data import bench_data
 from kml.bench.train import bench_train
+from kml.bench.transference import bench_transference, print_rows
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m kml.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("what", choices=["data", "train"], nargs="?", help="default: both")
+    parser.add_argument("what", choices=["data", "train", "transference"], nargs="?",
+                        help="default: data and train")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (a smoke test)")
     parser.add_argument(
@@ -33,7 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--repeats", type=int, help="timed repeats (default 3 on CPU, 10 on CUDA, 1 with --quick)"
     )
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads for train (0 = torch's default)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads for train and transference (0 = torch's default)")
     parser.add_argument("--autocast", action="store_true", help="batched rows: bfloat16 autocast")
     parser.add_argument(
         "--channels-last",
@@ -69,3 +74,7 @@ def main(argv: list[str] | None = None) -> None:
             bench_train(args, device)
         finally:
             torch.set_num_threads(threads)
+    if args.what == "transference":
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        print_rows(bench_transference(args.root, args.quick, device))

@@ -7,18 +7,16 @@ import argparse
 import os
 import statistics
 import time
-from dataclasses import dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
-from omegaconf import OmegaConf
 
 from kml.bench.instruments import PeakMemory, count_flops, describe_device, matmul_flops
 from kml.bench.reference import higher_meta_loss, higher_status
 from kml.bench.table import format_table, print_ratios
+from kml.config import compose
 from kml.data.episodes import Batch
 from kml.learners import build_learner, build_optimizer
-from kml.learners.batched import FastPath
 
 
 @dataclass(frozen=True)
@@ -77,35 +75,20 @@ def cases(device: torch.device, run_all: bool, quick: bool) -> list[Case]:
     return rows
 
 
-def speed_defaults(learner: str) -> dict:
-    """The fast path's switches as conf/learner/<learner>.yaml sets them: what `launch.py` runs."""
-    cfg = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "learner" / f"{learner}.yaml")
-    return {f.name: cfg[f.name] for f in fields(FastPath)}
-
-
-def learner_config(case: Case, sizes: Sizes, fast_path: dict) -> dict:
-    learner = {"name": case.learner, "batched": False}
+def learner_config(case: Case, sizes: Sizes, fast_path: dict):
+    """The config `python launch.py` composes for this row (conf/ of this checkout), at the bench's sizes:
+    the batched rows keep conf/learner/fast_path's switches, then the command line's (`fast_path`)."""
+    overrides = [f"learner={case.learner}", f"modulation={case.modulation}", f"way={sizes.way}",
+                 f"backbone.channels={sizes.channels}", f"learner.fast_path.batched={case.path == 'batched'}"]
     if case.learner == "maml":
-        learner.update(
-            inner_lr=0.05,
-            train_steps=sizes.steps,
-            test_steps=sizes.steps,
-            grad_clip=20.0,
-            first_order=case.first_order,
-        )
+        overrides += [f"learner.train_steps={sizes.steps}", f"learner.test_steps={sizes.steps}",
+                      f"learner.first_order={case.first_order}"]
+    if case.modulation != "none":
+        overrides += [f"modulation.embedding_dim={sizes.embedding}",
+                      f"modulation.encoder_channels=[{','.join(map(str, sizes.encoder))}]"]
     if case.path == "batched":
-        learner.update(speed_defaults(case.learner), batched=True)
-        learner.update(fast_path)
-    return {
-        "way": sizes.way,
-        "backbone": {"name": "conv4", "channels": sizes.channels},
-        "learner": learner,
-        "modulation": {
-            "name": case.modulation,
-            "embedding_dim": sizes.embedding,
-            "encoder_channels": list(sizes.encoder),
-        },
-    }
+        overrides += [f"learner.fast_path.{key}={value}" for key, value in fast_path.items()]
+    return compose(overrides)
 
 
 def random_tasks(sizes: Sizes, shot: int, device: torch.device) -> Batch:

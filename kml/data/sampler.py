@@ -31,6 +31,15 @@ class SplitDataset:
         # A memory map is wrapped without copying; writes are never made through it.
         return cls(torch.from_numpy(np.asarray(images)) if in_memory else torch.as_tensor(images), labels, names, name, split)
 
+    @classmethod
+    def gather(cls, datasets: list[SplitDataset], names: list[str], split: str) -> SplitDataset:
+        """The classes `names`, in that order, from whichever of `datasets` holds each."""
+        where = {name: (d, i) for d in datasets for i, name in enumerate(d.class_names)}
+        blocks = [d.images[d.starts[i]: d.starts[i] + d.counts[i]] for d, i in (where[n] for n in names)]
+        counts = torch.tensor([len(block) for block in blocks])
+        labels = torch.repeat_interleave(torch.arange(len(names)), counts)
+        return cls(torch.cat(blocks), labels, list(names), datasets[0].name, split)
+
     @property
     def num_classes(self) -> int:
         return len(self.class_names)

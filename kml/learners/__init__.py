@@ -6,61 +6,57 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
+from kml import checkpoint, registry
 from kml.learners.base import Learner
 from kml.learners.batched import FastPath
 from kml.learners.maml import MAML
 from kml.learners.protonet import ProtoNet
-from kml.learners.summary import METHOD_NAMES, describe, method_name, parameter_counts
+from kml.learners.summary import describe, method_name, parameter_counts
 from kml.models import build_backbone, build_modulator
 
 __all__ = [
     "MAML",
-    "METHOD_NAMES",
     "Learner",
     "ProtoNet",
     "build_learner",
     "build_optimizer",
     "describe",
+    "load_learner",
     "method_name",
     "parameter_counts",
 ]
 
-DEFAULT_OUTER_LR = 1e-3
+# Keys of the `learner` group that configure the run around the learner, not the learner object.
+RUN_KEYS = ("lr", "fast_path")
 
 
 def build_learner(cfg: Mapping[str, Any]) -> Learner:
-    """From a config with the groups `backbone`, `learner`, `modulation` and the int `way`.
-
-    Keys missing from a group take the defaults of conf/<group>/*.yaml, so tests can pass small dicts.
-    """
+    """From a composed config: the `learner`, `backbone` and `modulation` groups (each names what it builds
+    with `_target_`) and the int `way`. Every setting comes from the YAMLs (conf/, or a checkpoint's copy)."""
+    learner_cfg = cfg["learner"]
+    learner_class = registry.locate(learner_cfg, "learner")
     way = int(cfg["way"])
-    learner_cfg, backbone_cfg = cfg["learner"], cfg["backbone"]
-    name = learner_cfg["name"]
-    if name not in ("maml", "protonet"):
-        raise ValueError(f"unknown learner {name!r}; choose maml or protonet")
-    backbone = build_backbone(backbone_cfg, num_classes=way if name == "maml" else None)
-    modulator = build_modulator(
-        cfg["modulation"], backbone, in_channels=int(backbone_cfg.get("in_channels", 3))
-    )
-    # The speed switches (batched, autocast, channels_last, compile); missing keys = the plain per-task loop.
-    fast_path = FastPath.from_config(learner_cfg)
-    if name == "protonet":
-        return ProtoNet(backbone, modulator, way, fast_path=fast_path)
-    grad_clip = learner_cfg.get("grad_clip", 20.0)
-    return MAML(
-        backbone,
-        modulator,
-        way,
-        inner_lr=float(learner_cfg.get("inner_lr", 0.05)),
-        train_steps=int(learner_cfg.get("train_steps", 5)),
-        test_steps=int(learner_cfg.get("test_steps", 5)),
-        grad_clip=None if grad_clip is None else float(grad_clip),
-        first_order=bool(learner_cfg.get("first_order", False)),
-        fast_path=fast_path,
-    )
+    backbone = build_backbone(cfg["backbone"], num_classes=way if learner_class.needs_head else None)
+    runtime = {"backbone": backbone, "modulator": build_modulator(cfg["modulation"], backbone), "way": way}
+    if "fast_path" in learner_cfg:  # a learner with speed switches lists them (conf/learner/fast_path/)
+        runtime["fast_path"] = FastPath.from_config(learner_cfg["fast_path"])
+    learner = registry.build(learner_cfg, "learner", exclude=RUN_KEYS, **runtime)
+    learner.method_name = method_name(cfg)
+    return learner
 
 
 def build_optimizer(learner: Learner, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
     """Adam over every learner parameter (backbone initialisation, encoder, generator) at `learner.lr`."""
-    return torch.optim.Adam(learner.parameters(), lr=float(cfg["learner"].get("lr", DEFAULT_OUTER_LR)))
+    return torch.optim.Adam(learner.parameters(), lr=float(cfg["learner"]["lr"]))
+
+
+def load_learner(path: str, way: int, device: torch.device) -> Learner:
+    """A learner rebuilt from a checkpoint's own config and weights, for evaluation or analysis with `way`
+    classes (the episodes are the caller's)."""
+    state = checkpoint.load(path)
+    learner = build_learner(OmegaConf.merge(OmegaConf.create(state["config"]), {"way": way})).to(device)
+    learner.load_state_dict(state["model"])
+    print(f"evaluating {path} (iteration {state['iteration']})")
+    return learner

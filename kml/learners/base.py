@@ -1,8 +1,9 @@
-"""The interface every learner offers the runner."""
+"""The interface every learner offers the runner, the transference analysis and the benchmarks."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from kml.data.episodes import Batch
@@ -14,6 +15,13 @@ Modulation = list[LayerModulation | None]
 class Learner(nn.Module):
     """A backbone plus an optional task modulator (encoder + generator).
 
+    A learner declares what the builders and the analyses need to know about it:
+    needs_head: its backbone ends in a `way`-output linear head (MAML) instead of returning the
+        flattened features (ProtoNet); kml.learners.build_learner reads it.
+    task_logits(support_x, support_y, query_x, outer_graph): one task's query logits, the per-task
+        reference every fast path is tested against, and the term the transference analysis
+        differentiates (`outer_graph=False`: no graph back to the meta-parameters is needed).
+
     meta_loss(batch) -> (loss, metrics): the mean query loss over the batch's tasks, with a graph back to
         every trainable parameter; metrics hold the floats "loss" and "accuracy" and the list
         "task_accuracy" (one float per task, in batch order).
@@ -24,29 +32,57 @@ class Learner(nn.Module):
     inner loop and turns it back on itself.
     """
 
-    kind: str = ""  # "maml" | "protonet"
+    needs_head: bool = False
 
     def __init__(self, backbone: Conv4, modulator: TaskModulator | None, way: int) -> None:
         super().__init__()
         self.backbone = backbone
         self.modulator = modulator
         self.way = way
+        self.method_name = type(self).__name__  # build_learner sets the paper's name from the config
 
-    @property
-    def modulation_kind(self) -> str:
-        return "none" if self.modulator is None else self.modulator.kind
-
-    def task_modulation(self, support_x: torch.Tensor) -> Modulation:
-        """One task's modulation, computed from its support images [N*K, C, H, W] only."""
+    def task_modulation(self, images: torch.Tensor) -> Modulation:
+        """One task's modulation, computed from its images [N*K, C, H, W] (its support set)."""
         if self.modulator is None:
             return [None] * len(self.backbone.blocks)
-        return self.modulator(support_x)
+        return self.modulator(images)
+
+    def task_logits(
+        self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor, *, outer_graph: bool = True
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def task_loss(
+        self,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        query_x: torch.Tensor,
+        query_y: torch.Tensor,
+        *,
+        outer_graph: bool = True,
+    ) -> torch.Tensor:
+        """One task's meta-training loss: the query loss after the learner has used the support set."""
+        logits = self.task_logits(support_x, support_y, query_x, outer_graph=outer_graph)
+        return F.cross_entropy(logits, query_y)
 
     def meta_loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
     def evaluate(self, batch: Batch) -> torch.Tensor:
         raise NotImplementedError
+
+    def settings_summary(self) -> str | None:
+        """One line on the learner's own settings for the start of a run, or None."""
+        return None
+
+    def per_task_meta_loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:
+        """meta_loss as the plain loop over tasks: the reference implementation."""
+        losses, accuracies = [], []
+        for t in range(batch.num_tasks):
+            logits = self.task_logits(batch.support_x[t], batch.support_y[t], batch.query_x[t])
+            losses.append(F.cross_entropy(logits, batch.query_y[t]))
+            accuracies.append(accuracy(logits.detach(), batch.query_y[t]))
+        return summarise(torch.stack(losses), torch.stack(accuracies))
 
 
 def detach_modulation(modulation: Modulation) -> Modulation:

@@ -43,14 +43,15 @@ def _flag(value: Any, key: str, allowed: tuple[str, ...]) -> bool | str:
     if text in ("true", "false"):
         return text == "true"
     if text not in allowed:
-        raise ValueError(f"learner.{key}={value!r}; choose one of true, false, {', '.join(allowed)}")
+        raise ValueError(f"learner.fast_path.{key}={value!r}; choose one of true, false, {', '.join(allowed)}")
     return text
 
 
 @dataclass(frozen=True)
 class FastPath:
-    """The speed switches of conf/learner/{maml,protonet}.yaml. They select how, not what, is computed,
-    except `autocast` (bfloat16 forward passes); results agree to float rounding.
+    """The speed switches of conf/learner/fast_path/default.yaml (`learner.fast_path.*`; the defaults here
+    are that YAML's, tests/test_config.py checks it). They select how, not what, is computed, except
+    `autocast` (bfloat16 forward passes); results agree to float rounding.
 
     batched: run a meta-batch's tasks together (this module); auto = on, on CPU and CUDA, where it was
         measured faster (BENCHMARKS.md). Off = the plain per-task loop, the reference implementation.
@@ -69,31 +70,28 @@ class FastPath:
         its graphs twice, so second-order meta-training always runs eagerly.
     """
 
-    batched: bool | str = False
+    batched: bool | str = "auto"
     tasks_per_pass: int | str = "auto"
     conv: str = "auto"
     autocast: bool = False
-    channels_last: bool | str = False
+    channels_last: bool | str = "auto"
     compile: bool | str = False
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> FastPath:
-        # A config without these keys (small dicts in tests, the Python API) gets the plain per-task
-        # loop; the learner YAMLs turn the batched path on with `batched: auto`.
-        per_pass = cfg.get("tasks_per_pass", "auto")
+        """From the `learner.fast_path` node (every key required: the YAML holds the defaults)."""
+        per_pass = cfg["tasks_per_pass"]
         if per_pass != "auto" and (
             isinstance(per_pass, bool) or not isinstance(per_pass, int) or per_pass < 1
         ):
-            raise ValueError(f"learner.tasks_per_pass={per_pass!r}; choose auto or a positive integer")
+            raise ValueError(f"learner.fast_path.tasks_per_pass={per_pass!r}; choose auto or a positive integer")
         return cls(
-            batched=_flag(cfg.get("batched", False), "batched", ("auto",)),
+            batched=_flag(cfg["batched"], "batched", ("auto",)),
             tasks_per_pass=per_pass,
-            conv=str(_flag(cfg.get("conv", "auto"), "conv", batched_conv.SETTINGS)),
-            autocast=bool(_flag(cfg.get("autocast", False), "autocast", ())),
-            channels_last=_flag(cfg.get("channels_last", False), "channels_last", ("auto",)),
-            compile=_flag(
-                cfg.get("compile", False), "compile", ("inductor", "aot_eager", "eager", "cudagraphs")
-            ),
+            conv=str(_flag(cfg["conv"], "conv", batched_conv.SETTINGS)),
+            autocast=bool(_flag(cfg["autocast"], "autocast", ())),
+            channels_last=_flag(cfg["channels_last"], "channels_last", ("auto",)),
+            compile=_flag(cfg["compile"], "compile", ("inductor", "aot_eager", "eager", "cudagraphs")),
         )
 
     def passes(self, images: torch.Tensor) -> list[slice]:
@@ -233,8 +231,10 @@ def forward(
         if m is not None:
             weight, bias = m.kernel(weight), m.bias(bias)
         h = batched_conv.conv(conv, h, weight, bias, block.conv.stride[0], block.conv.padding[0])
-        norm_weight, norm_bias = params[prefix + "norm.weight"], params[prefix + "norm.bias"]
-        h = fused_batch_norm(h, norm_weight.reshape(-1), norm_bias.reshape(-1), block.norm.eps)
+        norm_weight, norm_bias = params.get(prefix + "norm.weight"), params.get(prefix + "norm.bias")
+        if norm_weight is not None:  # [T, C] → the [T·C] channel layout; absent with bn_affine=false
+            norm_weight, norm_bias = norm_weight.reshape(-1), norm_bias.reshape(-1)
+        h = fused_batch_norm(h, norm_weight, norm_bias, block.norm.eps)
         if m is not None:
             h = m.features(h)  # FiLM's [T, C_out] scale and shift, viewed as the [T·C_out] channels
         h = F.relu(h)

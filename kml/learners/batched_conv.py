@@ -27,7 +27,7 @@ import torch.nn.functional as F
 Conv = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, int, int], torch.Tensor]
 METHODS = ("grouped", "per_task", "unfold")
 SETTINGS = ("auto", "timed", *METHODS)
-# (method setting, shapes, stride, padding, dtype, device, input needs grad) → chosen method
+# `timed`'s choices for this process: (shapes, bias, stride, padding, dtype, input needs grad) → method
 _CHOICES: dict[tuple, str] = {}
 
 
@@ -125,7 +125,3 @@ def fastest(
             times[name] = best
     return min(times, key=times.get)
 
-
-def chosen() -> dict[tuple, str]:
-    """What `auto` picked so far, per shape (for the benchmark's report)."""
-    return dict(_CHOICES)

@@ -26,7 +26,7 @@ class MAML(Learner):
     tasks of a meta-batch run together (same meta-loss and meta-gradients as the per-task loop below).
     """
 
-    kind = "maml"
+    needs_head = True
 
     def __init__(
         self,
@@ -34,21 +34,21 @@ class MAML(Learner):
         modulator: TaskModulator | None,
         way: int,
         *,
-        inner_lr: float = 0.05,
-        train_steps: int = 5,
-        test_steps: int = 5,
-        grad_clip: float | None = 20.0,
-        first_order: bool = False,
+        inner_lr: float,
+        train_steps: int,
+        test_steps: int,
+        grad_clip: float | None,
+        first_order: bool,
         fast_path: FastPath | None = None,
     ) -> None:
         if backbone.head is None or backbone.head.out_features != way:
             raise ValueError("MAML needs a backbone with a `way`-output head")
         super().__init__(backbone, modulator, way)
-        self.inner_lr = inner_lr
-        self.train_steps = train_steps
-        self.test_steps = test_steps
-        self.grad_clip = grad_clip
-        self.first_order = first_order
+        self.inner_lr = float(inner_lr)
+        self.train_steps = int(train_steps)
+        self.test_steps = int(test_steps)
+        self.grad_clip = None if grad_clip is None else float(grad_clip)
+        self.first_order = bool(first_order)
         self.fast_path = fast_path or FastPath()
         self._batched_backbone = batched.BatchedBackbone()
 
@@ -85,12 +85,32 @@ class MAML(Learner):
         """One SGD step of the inner loop (per task, or all tasks at once when `loss` sums their losses)."""
         return sgd_step(params, loss, self.inner_lr, clamp=self.grad_clip, create_graph=create_graph)
 
+    def settings_summary(self) -> str:
+        clip = "off" if self.grad_clip is None else f"±{self.grad_clip:g}"
+        order = "first" if self.first_order else "second"
+        return (f"inner loop: lr {self.inner_lr:g}, {self.train_steps} train / {self.test_steps} test steps, "
+                f"gradient clamp {clip}, {order} order")
+
+    def task_logits(
+        self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor, *, outer_graph: bool = True
+    ) -> torch.Tensor:
+        """Query logits after `train_steps` inner steps on the support set (second order unless
+        first_order, and only with `outer_graph`)."""
+        modulation = self.task_modulation(support_x)
+        # First order drops every path through the inner gradients, and the modulation reaches the
+        # adapted parameters only through them, so the inner loop may as well see it detached (this
+        # also lets autograd free each inner step's graph right away).
+        inner_modulation = detach_modulation(modulation) if self.first_order else modulation
+        params = self.adapt(support_x, support_y, inner_modulation, self.train_steps,
+                            create_graph=outer_graph and not self.first_order)
+        return self.logits(params, query_x, modulation)
+
     def meta_loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:
         device = batch.support_x.device
         with self.fast_path.precision(device):
             if self.fast_path.use_batched(device):
                 return self._batched_meta_loss(batch)
-            return self._per_task_meta_loss(batch)
+            return self.per_task_meta_loss(batch)
 
     def evaluate(self, batch: Batch) -> torch.Tensor:
         device = batch.support_x.device
@@ -100,26 +120,6 @@ class MAML(Learner):
             if self.fast_path.use_batched(device):
                 return self._batched_evaluate(batch)
             return self._per_task_evaluate(batch)
-
-    def _per_task_meta_loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:
-        losses, accuracies = [], []
-        for t in range(batch.num_tasks):
-            modulation = self.task_modulation(batch.support_x[t])
-            # First order drops every path through the inner gradients, and the modulation reaches the
-            # adapted parameters only through them, so the inner loop may as well see it detached (this
-            # also lets autograd free each inner step's graph right away).
-            inner_modulation = detach_modulation(modulation) if self.first_order else modulation
-            params = self.adapt(
-                batch.support_x[t],
-                batch.support_y[t],
-                inner_modulation,
-                self.train_steps,
-                create_graph=not self.first_order,
-            )
-            logits = self.logits(params, batch.query_x[t], modulation)
-            losses.append(F.cross_entropy(logits, batch.query_y[t]))
-            accuracies.append(accuracy(logits.detach(), batch.query_y[t]))
-        return summarise(torch.stack(losses), torch.stack(accuracies))
 
     def _per_task_evaluate(self, batch: Batch) -> torch.Tensor:
         accuracies = []
@@ -166,13 +166,15 @@ class MAML(Learner):
         for part, part_modulation in zip(parts, batched.split(modulation, parts), strict=True):
             # As in the per-task loop: first order may let the inner loop see the modulation detached.
             part_inner = batched.detach_modulation(part_modulation) if self.first_order else part_modulation
+            with torch.enable_grad():  # as `adapt`: the inner loop differentiates inside a caller's no_grad too
+                start = batched.per_task_parameters(self.backbone, part.stop - part.start)
             params = self.batched_adapt(
                 batch.support_x[part],
                 batch.support_y[part],
                 part_inner,
                 self.train_steps,
                 create_graph=not self.first_order,
-                params=batched.per_task_parameters(self.backbone, part.stop - part.start),
+                params=start,
             )
             logits = self._batched_backbone(
                 self.fast_path,

@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from torch import nn
 
 from kml.learners.base import Learner
 from kml.models import KMLGenerator
 
-# The paper's method names for each learner × modulation pair.
-METHOD_NAMES = {
-    ("maml", "none"): "MAML",
-    ("maml", "film"): "MMAML",
-    ("maml", "kml"): "MMAML+KML",
-    ("protonet", "none"): "ProtoNet",
-    ("protonet", "film"): "MProtoNet",
-    ("protonet", "kml"): "MProtoNet+KML",
-}
 
-
-def method_name(learner: Learner) -> str:
-    return METHOD_NAMES[(learner.kind, learner.modulation_kind)]
+def method_name(cfg: Mapping[str, Any]) -> str:
+    """The paper's name of a learner × modulation pair, from their YAMLs: the learner's `display_name`
+    (MAML) put into the modulation's `method_name` template (M{learner}+KML → MMAML+KML). A YAML without
+    them still gets a name: the option names, e.g. `maml+newmod`."""
+    learner, modulation = cfg["learner"], cfg["modulation"]
+    learner_name = str(learner.get("display_name") or learner["name"])
+    template = modulation.get("method_name") or f"{{learner}}+{modulation['name']}"
+    return str(template).replace("{learner}", learner_name)
 
 
 def _count(module: nn.Module | None) -> int:
@@ -44,17 +43,11 @@ def parameter_counts(learner: Learner) -> dict[str, int | float]:
 def describe(learner: Learner) -> str:
     """A few lines for the start of a run: method, hyper-parameters, parameter budget."""
     widths = [shape[0] for shape in learner.backbone.layer_shapes]
-    lines = [
-        f"{method_name(learner)} ({learner.kind} + {learner.modulation_kind}), {learner.way}-way, "
-        f"backbone widths {widths}"
-    ]
-    if learner.kind == "maml":
-        clip = "off" if learner.grad_clip is None else f"±{learner.grad_clip:g}"
-        order = "first" if learner.first_order else "second"
-        lines.append(
-            f"inner loop: lr {learner.inner_lr:g}, {learner.train_steps} train / {learner.test_steps} "
-            f"test steps, gradient clamp {clip}, {order} order"
-        )
+    modulator = "no modulation" if learner.modulator is None else type(learner.modulator.generator).__name__
+    lines = [f"{learner.method_name} ({type(learner).__name__}, {modulator}), {learner.way}-way, "
+             f"backbone widths {widths}"]
+    if learner.settings_summary():
+        lines.append(learner.settings_summary())
     counts = parameter_counts(learner)
     lines.append(
         "parameters: "

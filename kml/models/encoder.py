@@ -18,12 +18,7 @@ class TaskEncoder(nn.Module):
     leaks query information into the modulation; here the query set cannot influence v.
     """
 
-    def __init__(
-        self,
-        in_channels: int = 3,
-        channels: Sequence[int] = (32, 64, 128, 256),
-        embedding_dim: int = 128,
-    ) -> None:
+    def __init__(self, in_channels: int, channels: Sequence[int], embedding_dim: int) -> None:
         super().__init__()
         widths = [in_channels, *channels]
         self.convs = nn.ModuleList(

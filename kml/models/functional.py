@@ -7,7 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def batch_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+def batch_norm(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float = 1e-5
+) -> torch.Tensor:
     """Normalise each channel of x [B, C, H, W] with the statistics of this very batch.
 
     There are no running statistics, in training or at test time: this is the transductive batch norm of
@@ -18,11 +20,13 @@ def batch_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: f
     """
     var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False, keepdim=True)  # one pass for both
     normalised = (x - mean) * torch.rsqrt(var + eps)
+    if weight is None:  # no affine parameters (MMAML's released backbone)
+        return normalised
     return normalised * weight.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)
 
 
 def fused_batch_norm(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float = 1e-5
 ) -> torch.Tensor:
     """`batch_norm` with torch's fused kernels (forward, backward and double backward): same maths, fewer
     passes over memory, ~20% off a second-order MAML step on CPU.
@@ -50,16 +54,18 @@ def task_batch_norm(
 
 
 class BatchStatNorm2d(nn.Module):
-    """BatchNorm2d holding only its affine parameters; always uses batch statistics (see batch_norm)."""
+    """BatchNorm2d holding only its affine parameters (none with affine=False); always uses batch
+    statistics (see batch_norm)."""
 
-    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(num_features))
-        self.bias = nn.Parameter(torch.zeros(num_features))
-        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_features)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(num_features)) if affine else None
+        self.num_features, self.eps = num_features, eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return batch_norm(x, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
-        return f"{self.weight.numel()}, eps={self.eps}, batch statistics only"
+        affine = "" if self.weight is not None else ", affine=False"
+        return f"{self.num_features}, eps={self.eps}{affine}, batch statistics only"

@@ -20,10 +20,12 @@ from kml.models.modulation import LayerModulation, LayerShape
 class ConvBlock(nn.Module):
     """conv3×3 (pad 1) → BN (batch statistics) → modulation → ReLU [→ max-pool 2]."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, max_pool: bool) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int, max_pool: bool, bn_affine: bool = True
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1)
-        self.norm = BatchStatNorm2d(out_channels)
+        self.norm = BatchStatNorm2d(out_channels, affine=bn_affine)
         self.max_pool = max_pool
 
     @property
@@ -47,7 +49,13 @@ class ConvBlock(nn.Module):
 
 class Conv4(nn.Module):
     """Four ConvBlocks; with `num_classes` a linear head on the spatial mean (MAML), else the flattened
-    feature map is the embedding (ProtoNet)."""
+    feature map is the embedding (ProtoNet).
+
+    init: "default" (PyTorch's initialisation) or "xavier" (Xavier-uniform weights and zero biases for
+        the convolutions and the head, as both released codes do).
+    bn_affine: False leaves the batch norms without scale and shift (MMAML's released backbone), so
+        MAML's inner loop adapts the convolutions and the head only.
+    """
 
     def __init__(
         self,
@@ -56,14 +64,24 @@ class Conv4(nn.Module):
         stride: int,
         max_pool: bool,
         num_classes: int | None = None,
+        init: str = "default",
+        bn_affine: bool = True,
     ) -> None:
         super().__init__()
         channels = [in_channels, *widths]
+        self.in_channels = in_channels
         self.blocks = nn.ModuleList(
-            ConvBlock(c_in, c_out, stride, max_pool)
+            ConvBlock(c_in, c_out, stride, max_pool, bn_affine)
             for c_in, c_out in zip(channels, channels[1:], strict=False)
         )
         self.head = nn.Linear(channels[-1], num_classes) if num_classes is not None else None
+        if init == "xavier":
+            for layer in self.modules():
+                if isinstance(layer, nn.Conv2d | nn.Linear):
+                    nn.init.xavier_uniform_(layer.weight)
+                    nn.init.zeros_(layer.bias)
+        elif init != "default":
+            raise ValueError(f"backbone.init={init!r}; choose default or xavier")
 
     @property
     def layer_shapes(self) -> list[LayerShape]:
@@ -81,13 +99,26 @@ class Conv4(nn.Module):
         return self.head(x.mean(dim=(2, 3)))
 
 
-def conv4(in_channels: int = 3, channels: int = 32, num_classes: int | None = None) -> Conv4:
+def conv4(
+    in_channels: int = 3,
+    channels: int = 32,
+    num_classes: int | None = None,
+    init: str = "default",
+    bn_affine: bool = True,
+) -> Conv4:
     """MMAML's backbone: stride-2 convs, no pooling, widths channels·(1, 2, 4, 8)."""
-    return Conv4(
-        in_channels, [channels * m for m in (1, 2, 4, 8)], stride=2, max_pool=False, num_classes=num_classes
-    )
+    widths = [channels * m for m in (1, 2, 4, 8)]
+    return Conv4(in_channels, widths, stride=2, max_pool=False, num_classes=num_classes, init=init,
+                 bn_affine=bn_affine)
 
 
-def conv4_maxpool(in_channels: int = 3, channels: int = 64, num_classes: int | None = None) -> Conv4:
+def conv4_maxpool(
+    in_channels: int = 3,
+    channels: int = 64,
+    num_classes: int | None = None,
+    init: str = "default",
+    bn_affine: bool = True,
+) -> Conv4:
     """Finn et al.'s backbone for 28 px Omniglot: stride-1 convs, max-pool 2 after each, constant width."""
-    return Conv4(in_channels, [channels] * 4, stride=1, max_pool=True, num_classes=num_classes)
+    return Conv4(in_channels, [channels] * 4, stride=1, max_pool=True, num_classes=num_classes, init=init,
+                 bn_affine=bn_affine)

@@ -1,0 +1,37 @@
+"""What a run sets up before any work: its device, its seeds and its CPU threads."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+from kml.errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda")
+# The validation and test task streams, apart from each other and from any training seed's stream.
+VAL_SEED_OFFSET, TEST_SEED_OFFSET = 100_003, 200_003
+
+
+def pick_device(name: str) -> torch.device:
+    if name not in DEVICES:
+        raise ConfigError(f"device={name!r} is not valid; choose one of: {', '.join(DEVICES)}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA device is visible; use device=cpu or device=auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def use_allocated_cpus() -> None:
+    """On SLURM, as many torch threads as the job's CPUs (torch would otherwise use every core of the node)."""
+    if os.environ.get("SLURM_CPUS_PER_TASK"):
+        torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
