@@ -9,6 +9,7 @@ import torch
 from tqdm import tqdm
 
 from kml.data.benchmark import make_sampler
+from kml.safe_write import atomic_write
 
 
 def mean_ci(values: list[float] | torch.Tensor) -> dict:
@@ -53,6 +54,4 @@ def results_table(results: dict) -> str:
 
 
 def write_results(path: Path, results: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(path)
+    atomic_write(path, lambda f: f.write(json.dumps(results, indent=1).encode()))
