@@ -31,6 +31,14 @@ def start(args: list[str]) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def error_line(done: subprocess.CompletedProcess) -> str:
+    """The one `error:` line of a run that stopped on a user error (exit code 2, no traceback)."""
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    return lines[0]
+
+
 def compose(overrides: list[str]):
     """The config launch.py would see, without running it."""
     from hydra import compose as hydra_compose

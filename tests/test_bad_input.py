@@ -7,14 +7,7 @@ from kml.errors import TrainingDiverged
 from kml.learners.protonet import ProtoNet
 from kml.logger import RunLogger
 from kml.train import run
-from tests.runs import compose, launch, tiny_overrides
-
-
-def error_line(done):
-    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
-    assert "Traceback" not in done.stderr
-    return lines[0]
+from tests.runs import compose, error_line, launch, tiny_overrides
 
 
 def test_unknown_option_names_the_valid_choices(synthetic_root, tmp_path):
