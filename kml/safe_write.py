@@ -65,12 +65,12 @@ def disk_full_reported(path: Path) -> Iterator[None]:
         if cause is None:
             raise
         raise DiskFull(f"could not write {path} ({cause.strerror}; {free_space(path.parent)} free there); "
-                       f"nothing was half-written, {resume_hint(path.parent)}") from err
+                       f"nothing was half-written and {resume_hint(path.parent)}") from err
 
 
 def disk_error(err: BaseException | None) -> OSError | None:
-    """The out-of-space OSError behind `err`, if any. torch.save reports a failed write of its zip writer
-    as a RuntimeError ("unexpected pos ...") raised while handling the OSError, so the chain is searched."""
+    """The out-of-space OSError in `err`'s chain, if any: torch.save may report a failed write of its zip
+    writer as a RuntimeError ("unexpected pos ...") raised while handling the OSError."""
     while err is not None:
         if isinstance(err, OSError) and err.errno in DISK_ERRNOS:
             return err
@@ -93,4 +93,4 @@ def resume_hint(run_dir: Path) -> str:
     last = run_dir / "last.pt"
     if last.is_file():
         return f"the previous checkpoint {last} is intact: free some space and run the same command to resume"
-    return "free some space and run the same command again"
+    return "no checkpoint is lost: free some space and run the same command again"
