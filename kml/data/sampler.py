@@ -6,7 +6,7 @@ import json
 import numpy as np
 import torch
 
-from kml.data import store
+from kml.data import integrity, store
 from kml.data.episodes import Batch
 from kml.data.errors import DataError
 
@@ -23,7 +23,8 @@ class SplitDataset:
 
     @classmethod
     def load(cls, root, name: str, image_size: int, split: str, in_memory: bool = True) -> SplitDataset:
-        store.load_manifest(root, name, image_size)  # a clear error (with the prepare command) if missing
+        # One clear line (with the prepare command) if the dataset is missing or an array is cut short.
+        integrity.check_split(root, name, image_size, split)
         folder = store.prepared_dir(root, name, image_size)
         images = np.load(folder / f"{split}.npy", mmap_mode=None if in_memory else "r")
         labels = torch.from_numpy(np.load(folder / f"{split}_labels.npy")).long()

@@ -140,7 +140,10 @@ def load_manifest(root, name: str, image_size: int) -> dict:
     path = prepared_dir(root, name, image_size) / "manifest.json"
     if not path.is_file():
         raise DataError(missing_message(root, name, image_size))
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:  # cut short or overwritten, like any other file of the folder
+        raise DataError(damaged_message(root, name, image_size, path, "not readable JSON")) from err
 
 
 def missing_message(root, name: str, image_size: int) -> str:
@@ -148,3 +151,14 @@ def missing_message(root, name: str, image_size: int) -> str:
         return f"synthetic data {name} at {image_size}px is missing under {root}; it is generated on first use"
     return (f"dataset {name} at {image_size}px is not prepared under {root}: run "
             f"`python -m kml.data prepare {name} --source PATH --root {root} --image-size {image_size}`")
+
+
+def damaged_message(root, name: str, image_size: int, path: Path, problem: str) -> str:
+    return f"{path} is damaged ({problem}); {repair_hint(root, name, image_size)}"
+
+
+def repair_hint(root, name: str, image_size: int) -> str:
+    if name.startswith("synthetic"):
+        return f"delete {prepared_dir(root, name, image_size)}; it is generated again on first use"
+    return (f"prepare it again: `python -m kml.data prepare {name} --source PATH --root {root} "
+            f"--image-size {image_size} --force`")
