@@ -24,6 +24,12 @@ def has_target(group: str, option: str) -> bool:
     return "_target_" in OmegaConf.load(CONF_DIR / group / f"{option}.yaml")
 
 
+def has_fast_path(learner: str) -> bool:
+    """Whether a learner's YAML takes the speed switches (conf/learner/fast_path/) into its defaults."""
+    defaults = OmegaConf.load(CONF_DIR / "learner" / f"{learner}.yaml").get("defaults", [])
+    return any("fast_path" in entry for entry in defaults)
+
+
 LEARNERS = options("learner")
 MODULATIONS = options("modulation")
 MODULATED = [m for m in MODULATIONS if has_target("modulation", m)]
@@ -44,7 +50,8 @@ def tiny_config(learner="maml", modulation="kml", *overrides, channels=2, embedd
     """debug=tiny at test sizes: `keys` set learner settings (fast-path switches included: batched, conv,
     ...) and `way`; `overrides` are further Hydra overrides. The learner runs the per-task loop, the
     reference implementation, unless `batched` says otherwise (tests/test_batched.py compares the two)."""
-    keys.setdefault("batched", False)
+    if has_fast_path(learner):
+        keys.setdefault("batched", False)
     lines = ["debug=tiny", f"learner={learner}", f"modulation={modulation}", f"backbone.channels={channels}",
              f"way={keys.pop('way', 2)}"]
     if has_target("modulation", modulation):

@@ -38,3 +38,24 @@ def error_line(done: subprocess.CompletedProcess) -> str:
     assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     return lines[0]
+
+
+def repo_copy(destination: Path) -> Path:
+    """This checkout's code, configs and tests (no data, outputs or venv) at `destination`: a repository to
+    extend in a test without touching the real one."""
+    import shutil
+
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for folder in ("kml", "conf", "tests"):
+        shutil.copytree(REPO / folder, destination / folder, ignore=ignore)
+    for file in ("launch.py", "pyproject.toml"):
+        shutil.copy2(REPO / file, destination / file)
+    return destination
+
+
+def run_in(repo: Path, args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python ARGS` in another checkout (e.g. `-m pytest ...`, `launch.py ...`)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0",
+           "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, *args], cwd=repo, env=env, capture_output=True, text=True,
+                          timeout=timeout)
