@@ -255,6 +255,7 @@ def test_cli_lists_valid_datasets_for_an_unknown_name(capsys):
         main(["prepare", "imagenet"])
     assert exited.value.code == 2
     err = capsys.readouterr().err
-    assert "invalid choice: 'imagenet'" in err and all(n in err for n in ("omniglot", "fc100", "aircraft"))
-    with pytest.raises(DataError, match="unknown dataset 'imagenet'; choose one of: omniglot, miniimagenet"):
+    assert "invalid choice: 'imagenet'" in err and all(n in err for n in ("omniglot", "fc100", "aircraft", "folder"))
+    with pytest.raises(DataError, match="unknown dataset 'imagenet'; choose one of: aircraft, cub, fc100, miniimagenet, "
+                                        "omniglot$"):
         prepare("imagenet", "anything")
