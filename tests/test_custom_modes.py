@@ -51,19 +51,21 @@ def test_custom_two_mode_benchmark_trains_and_the_report_combines_its_specialist
     assert all(table["ProtoNet"]) and table["Multi-ProtoNet"][1:] == ["", ""]
 
 
-TOY_MODULE = '''"""Toy: a zip of toy/<split>-<class>-<n>.png whose file names fix the split (the registry test's dataset)."""
+TOY_MODULE = '''"""Toy: a zip of toy/<class>-<n>.png with fixed class lists (the registry test's dataset)."""
 from collections import defaultdict
+
+from kml.data.prepare import split_by_lists
 
 CHANNELS = 1
 DOWNLOADS = []
+LISTS = {split: [f"c{6 * s + k:02d}" for k in range(6)] for s, split in enumerate(("train", "val", "test"))}
 
 
 def classes(source):
-    found = {split: defaultdict(list) for split in ("train", "val", "test")}
+    found = defaultdict(list)
     for name in source.names():
-        split, class_name, _ = name.rsplit("/", 1)[-1].split("-")
-        found[split][class_name].append(name)
-    return {split: [(c, sorted(files)) for c, files in sorted(by_class.items())] for split, by_class in found.items()}
+        found[name.rsplit("/", 1)[-1].split("-")[0]].append(name)
+    return split_by_lists("toy", found, source, lists=LISTS)
 '''
 TOY_YAML = "_target_: kml.data.toy\nrotate_classes: true\n"
 
@@ -75,14 +77,19 @@ def test_adding_a_dataset_is_one_module_and_one_yaml(tmp_path):
     shutil.copy(REPO / "launch.py", copy)
     (copy / "kml" / "data" / "toy.py").write_text(TOY_MODULE)
     (copy / "conf" / "dataset" / "toy.yaml").write_text(TOY_YAML)
-    png = archives.omniglot_drawing()
-    source = archives.write_zip(tmp_path / "toy.zip", {f"toy/{split}-c{k}-{i}.png": png for split in store.SPLITS
+    png = archives.omniglot_drawing()  # the last class of each split's list is missing: a partial copy
+    source = archives.write_zip(tmp_path / "toy.zip", {f"toy/c{6 * s + k:02d}-{i}.png": png for s in range(3)
                                                        for k in range(5) for i in range(IMAGES)})
     root = tmp_path / "data"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true"}
-    prepared = subprocess.run([sys.executable, "-m", "kml.data", "prepare", "toy", "--source", str(source),
-                               "--root", str(root), "--image-size", str(TINY_SIZE)],
+
+    def prepare(*options):
+        return subprocess.run([sys.executable, "-m", "kml.data", "prepare", "toy", "--source", str(source),
+                               "--root", str(root), "--image-size", str(TINY_SIZE), *options],
                               cwd=copy, env=env, capture_output=True, text=True, timeout=300)
+    refused = prepare()
+    assert refused.returncode == 2 and "lacks 3 of the 18 toy classes" in refused.stderr
+    prepared = prepare("--allow-missing-classes")
     assert prepared.returncode == 0, prepared.stderr[-2000:]
     manifest = store.load_manifest(root, "toy", TINY_SIZE)
     assert (manifest["channels"], manifest["rotate_classes"]) == (1, True)

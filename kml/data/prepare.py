@@ -123,10 +123,11 @@ def fixed_splits(name: str) -> dict[str, list[str]]:
     return {split: entry[split] for split in store.SPLITS}
 
 
-def split_by_lists(name: str, found: dict[str, list[str]], source: sources.Source,
-                   allow_missing: bool = False) -> dict[str, list[tuple[str, list[str]]]]:
-    """Arrange found class -> files by the fixed lists; a missing class raises MissingClasses unless allowed."""
-    lists = fixed_splits(name)
+def split_by_lists(name: str, found: dict[str, list[str]], source: sources.Source, allow_missing: bool = False,
+                   lists: dict[str, list[str]] | None = None) -> dict[str, list[tuple[str, list[str]]]]:
+    """Arrange found class -> files by the fixed lists (by default the dataset's in class_splits.json);
+    a missing class raises MissingClasses unless allowed."""
+    lists = lists or fixed_splits(name)
     present = {split: [(c, sorted(found[c])) for c in names if c in found] for split, names in lists.items()}
     total = sum(len(names) for names in lists.values())
     missing = [c for names in lists.values() for c in names if c not in found]
