@@ -20,7 +20,6 @@ import numpy as np
 from kml import plots
 from kml.published import METHODS, PUBLISHED, SOURCE
 
-
 # `benchmark=custom benchmark.modes=[...]` is one name for any list of modes: such runs are set apart by their modes.
 CUSTOM_BENCHMARK = "custom"
 

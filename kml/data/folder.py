@@ -58,7 +58,7 @@ def prepare(name: str | None, source: str | Path | None, root: str | Path = "dat
     return write(name, {s: [(c, usable[c]) for c in names] for s, names in lists.items()},
                  lambda writer, files: store.fill_from_files(writer, opened, files, reader),
                  root, image_size, channels, opened, rotate_classes=rotate_classes,
-                 split={"rule": rule, "classes": lists})
+                 split_record={"rule": rule, "classes": lists})
 
 
 def choose_split(found: dict[str, list[str]], given: dict[str, list[str]] | None, split: str | None,

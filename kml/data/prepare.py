@@ -10,8 +10,8 @@ and optionally
   open_source(path) -> Source         when the source is not a single folder or archive
   fill(writer, source, files, image_size)   when images are not one file each (CIFAR pickles)
 and whose YAML states the runtime facts written into the manifest (`rotate_classes`).
-Split membership always comes from the fixed lists of class_splits.json (`fixed_splits`), never
-from the order of files in a source; rows follow the order of those lists. A source lacking classes
+Split membership always comes from fixed lists (class_splits.json's, read by `fixed_splits`, or a
+module's own), never from the order of files in a source; rows follow the order of those lists. A source lacking classes
 of those lists is refused (`MissingClasses`) unless --allow-missing-classes takes the classes present.
 """
 from __future__ import annotations
@@ -96,12 +96,12 @@ def require_classes(classes: dict[str, list], min_classes: int, where: str, fix:
 
 def write(name: str, classes: dict[str, list[tuple[str, list[str]]]],
           fill: Callable[[store.PreparedWriter, dict[str, tuple[str, int]]], None], root, image_size: int,
-          channels: int, source: sources.Source, rotate_classes: bool, split: dict | None = None) -> Path:
+          channels: int, source: sources.Source, rotate_classes: bool, split_record: dict | None = None) -> Path:
     """Lay the classes out, let `fill` put every image in its row, and publish atomically."""
     counts, files = store.layout(classes)
     info = {"path": str(source.path.resolve()), "sha256": source.sha256()}
     with store.PreparedWriter(root, name, image_size, channels, counts, info, rotate_classes=rotate_classes,
-                              split=split) as writer:
+                              split_record=split_record) as writer:
         fill(writer, files)
         path = writer.commit()
     summary = ", ".join(f"{s} {len(c)} classes" for s, c in classes.items())

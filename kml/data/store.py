@@ -47,12 +47,12 @@ class PreparedWriter:
 
     `classes[split]` lists (class name, image count); rows of a class are contiguous, in that order.
     `rotate_classes` goes into the manifest for the sampler (a class turned by 90°·k is a new class);
-    `split`, when given, records how the classes were split, so that the manifest can reproduce it.
+    `split_record`, when given, says how the classes were split (rule and lists) in the manifest's `split`.
     """
 
     def __init__(self, root, name: str, image_size: int, channels: int,
                  classes: dict[str, list[tuple[str, int]]], source: dict, *, rotate_classes: bool,
-                 split: dict | None = None):
+                 split_record: dict | None = None):
         self.final = prepared_dir(root, name, image_size)
         self.tmp = self.final.with_name(f".{self.final.name}.tmp-{os.getpid()}")
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -60,7 +60,7 @@ class PreparedWriter:
         self.created = [p for p in (self.tmp.parent, *self.tmp.parent.parents) if not p.exists()]
         self.tmp.mkdir(parents=True)
         self.name, self.image_size, self.channels, self.source = name, image_size, channels, source
-        self.rotate_classes, self.split = rotate_classes, split
+        self.rotate_classes, self.split_record = rotate_classes, split_record
         self.classes = classes
         self.images, self.filled, self.starts = {}, {}, {}
         for split, entries in classes.items():
@@ -84,7 +84,7 @@ class PreparedWriter:
     def commit(self) -> Path:
         manifest = {"format": FORMAT_VERSION, "dataset": self.name, "image_size": self.image_size,
                     "channels": self.channels, "rotate_classes": self.rotate_classes, "source": self.source,
-                    **({"split": self.split} if self.split else {}), "splits": {}}
+                    **({"split": self.split_record} if self.split_record else {}), "splits": {}}
         for split, images in self.images.items():
             missing = int((~self.filled[split]).sum())
             if missing:
