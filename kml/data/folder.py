@@ -32,10 +32,10 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # a folder name and an item of
 _SHOWN = 3  # file names quoted in a message
 
 
-def prepare(name: str | None, source: str | Path | None, root: str | Path = "data", image_size: int = 84, channels: int = 3,
-            split: str | None = None, split_seed: int = 0, split_file: str | Path | None = None,
-            skip_unreadable: bool = False, rotate_classes: bool = False,
-            min_classes: int = MIN_CLASSES, force: bool = False) -> Path:
+def prepare(name: str | None, source: str | Path | None, root: str | Path = "data", image_size: int = 84,
+            channels: int = 3, split: str | None = None, split_seed: int = 0, split_file: str | Path | None = None,
+            skip_unreadable: bool = False, rotate_classes: bool = False, min_classes: int = MIN_CLASSES,
+            force: bool = False) -> Path:
     check_name(name)
     if channels not in (1, 3):
         raise DataError(f"--channels must be 1 (grey) or 3 (colour), not {channels}")
@@ -72,7 +72,7 @@ def choose_split(found: dict[str, list[str]], given: dict[str, list[str]] | None
     if split_file is not None:
         return split_by_file(found, Path(split_file).expanduser()), f"--split-file {split_file}"
     fractions = parse_fractions(split or DEFAULT_SPLIT)
-    return (split_by_fractions(sorted(found), fractions, split_seed),
+    return (split_by_fractions(list(found), fractions, split_seed),
             f"--split {','.join(map(str, fractions))} --split-seed {split_seed}")
 
 
