@@ -36,7 +36,8 @@ def test_every_benchmark_learner_modulation_and_shot_composes():
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         configs = {combo: compose(config_name="config", overrides=[
-            f"benchmark={combo[0]}", *GIVEN_MODES.get(combo[0], []), f"learner={combo[1]}", f"modulation={combo[2]}", f"shot={combo[3]}"])
+            f"benchmark={combo[0]}", *GIVEN_MODES.get(combo[0], []), f"learner={combo[1]}", f"modulation={combo[2]}",
+            f"shot={combo[3]}"])
             for combo in itertools.product(names("benchmark"), names("learner"), names("modulation"), names("shot"))}
     for (benchmark, learner, modulation, shot), cfg in configs.items():
         assert (cfg.benchmark.name, cfg.learner.name, cfg.modulation.name) == (benchmark, learner, modulation)

@@ -14,8 +14,8 @@ import argparse
 import sys
 
 from kml.data import folder, registry
-from kml.data.errors import DataError
 from kml.data.prepare import MIN_CLASSES, prepare
+from kml.errors import DataError, UserError
 
 FOLDER = "folder"
 # Options of one kind of preparation that the other kind would silently ignore.
@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             folder.prepare(own.pop("name", None), args.source, **common, **own)
         else:
             prepare(args.dataset, args.source, **common, **built_in)
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)  # a DataError message is always one line
+    except UserError as err:  # a missing archive, a bad option, a registry entry that cannot be imported
+        print(f"error: {err}", file=sys.stderr)  # always one line
         return 2
     return 0
 

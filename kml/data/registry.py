@@ -1,43 +1,37 @@
-"""The dataset registry: one conf/dataset/<name>.yaml per built-in dataset.
+"""The built-in datasets: one conf/dataset/<name>.yaml each, located like every other extension (kml.registry).
 
-An entry names its preparer module in `_target_` (the interface is in kml/data/prepare.py) and states
-the dataset's runtime facts, e.g. `rotate_classes`. Adding a dataset is adding a module and its YAML;
-nothing here lists them.
+An entry's `_target_` names the dataset's preparer module (its interface is in kml/data/prepare.py), and
+its other keys are the dataset's runtime facts, e.g. `rotate_classes`. Adding a dataset is adding a module
+and its YAML; nothing here lists them.
 """
 from __future__ import annotations
 
 from functools import cache
-from pathlib import Path
 from types import ModuleType
 
-from hydra.utils import get_object
 from omegaconf import OmegaConf
 
-import kml
+from kml.config import CONF_DIR
 from kml.data.errors import DataError
+from kml.registry import locate
 
-CONF_DIR = Path(kml.__file__).resolve().parents[1] / "conf" / "dataset"
+DATASET_DIR = CONF_DIR / "dataset"
 
 
 def names() -> list[str]:
-    return sorted(path.stem for path in CONF_DIR.glob("*.yaml"))
+    return sorted(path.stem for path in DATASET_DIR.glob("*.yaml"))
 
 
 @cache
 def entry(name: str) -> dict:
-    path = CONF_DIR / f"{name}.yaml"
+    path = DATASET_DIR / f"{name}.yaml"
     if not path.is_file():
         raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(names())}")
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    return {"name": name, **OmegaConf.to_container(OmegaConf.load(path), resolve=True)}
 
 
 def module(name: str) -> ModuleType:
-    target = entry(name).get("_target_")
-    try:
-        return get_object(target)
-    except (ImportError, ValueError, TypeError) as err:
-        raise DataError(f"conf/dataset/{name}.yaml: its _target_ {target!r} cannot be imported ({err}); "
-                        "set it to the dotted path of the dataset's preparer module") from err
+    return locate(entry(name), "dataset")
 
 
 def rotate_classes(name: str) -> bool:
