@@ -19,6 +19,7 @@ def main(cfg: DictConfig) -> dict | None:
     from kml.config import validate
     from kml.errors import UserError
     from kml.logger import RunLogger
+    from kml.run_lock import RunLock
 
     hydra_cfg = HydraConfig.get()
     try:
@@ -32,20 +33,23 @@ def main(cfg: DictConfig) -> dict | None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     cfg.data.root = to_absolute_path(cfg.data.root)
     choices = hydra_cfg.runtime.choices
-    logger = RunLogger(run_dir, mode=cfg.logger.mode, project=cfg.logger.project, entity=cfg.logger.entity,
-                       group=cfg.name, name=hydra_cfg.job.override_dirname or "default",
-                       tags=[cfg.benchmark.name, choices.learner, choices.modulation, f"{cfg.shot}shot",
-                             *cfg.logger.tags],
-                       config=OmegaConf.to_container(cfg, resolve=True))
-    exit_code = 1
+    lock, logger, exit_code = RunLock(run_dir), None, 1
     try:
+        lock.acquire()  # a second job on this folder stops here, before it writes metrics or checkpoints
+        logger = RunLogger(run_dir, mode=cfg.logger.mode, project=cfg.logger.project, entity=cfg.logger.entity,
+                           group=cfg.name, name=hydra_cfg.job.override_dirname or "default",
+                           tags=[cfg.benchmark.name, choices.learner, choices.modulation, f"{cfg.shot}shot",
+                                 *cfg.logger.tags],
+                           config=OmegaConf.to_container(cfg, resolve=True))
         results = run(cfg, run_dir, logger)
         exit_code = 0
         return results
     except UserError as err:
         stop(err, hydra_cfg.mode)
     finally:
-        logger.finish(exit_code)
+        if logger is not None:
+            logger.finish(exit_code)
+        lock.release()
 
 
 def stop(err: Exception, mode: RunMode) -> None:

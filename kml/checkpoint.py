@@ -1,18 +1,18 @@
 """Atomic checkpoints: written to a temporary file in the same folder, fsynced, then renamed.
 
-A kill at any moment leaves either the previous checkpoint or the new one, never a torn file.
+A kill or a full disk at any moment leaves either the previous checkpoint or the new one, never a torn
+file; a full disk stops the run with one line (kml/safe_write.py).
 """
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
 
 from kml.errors import CheckpointError
+from kml.safe_write import atomic_write
 
 __all__ = ["CheckpointError", "load", "save"]
 
@@ -20,18 +20,7 @@ FORMAT = "kml-checkpoint-1"
 
 
 def save(state: dict, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f))
 
 
 def load(path: str | Path) -> dict:

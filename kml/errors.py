@@ -29,3 +29,11 @@ class CheckpointError(UserError):
 
 class TrainingDiverged(UserError, RuntimeError):
     """A non-finite training loss; the last good checkpoint is kept."""
+
+
+class RunFolderLocked(UserError):
+    """Another live process holds the run folder's lock (kml/run_lock.py); nothing was written."""
+
+
+class DiskFull(UserError):
+    """A run file could not be written (no space, quota exceeded, I/O error); earlier files are intact."""

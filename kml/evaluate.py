@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from tqdm import tqdm
 from kml.data.benchmark import sampler_for
 from kml.logger import RunLogger
 from kml.runtime import TEST_SEED_OFFSET
+from kml.safe_write import atomic_write
 
 
 def mean_ci(values: list[float] | torch.Tensor, ddof: int = 1) -> dict:
@@ -59,21 +59,16 @@ def results_table(results: dict) -> str:
 
 
 def write_results(path: Path, results: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(path)
+    atomic_write(path, lambda f: f.write(json.dumps(results, indent=1).encode()))
 
 
 def write_test_tasks(path: Path, per_mode: dict[str, torch.Tensor], seed: int) -> None:
     """Every test task's accuracy with its mode, in task order: two runs with the same eval.seed met the
     same tasks, so their arrays compare pairwise (kml.report --compare)."""
-    modes = list(per_mode)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, accuracy=torch.cat(list(per_mode.values())).numpy(),
-                 mode=np.concatenate([np.full(len(acc), i) for i, acc in enumerate(per_mode.values())]),
-                 modes=np.array(modes), eval_seed=seed)
-    os.replace(tmp, path)
+    arrays = {"accuracy": torch.cat(list(per_mode.values())).numpy(),
+              "mode": np.concatenate([np.full(len(acc), i) for i, acc in enumerate(per_mode.values())]),
+              "modes": np.array(list(per_mode)), "eval_seed": seed}
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def evaluate_and_report(learner, cfg: DictConfig, run_dir: Path, logger: RunLogger, device: torch.device) -> dict:

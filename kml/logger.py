@@ -2,6 +2,7 @@
 
 W&B is an observer, never a dependency of training: every call into it is guarded, and a
 failure turns it off with one warning while the run carries on (and metrics.jsonl keeps all).
+metrics.jsonl is the record: a full disk while writing it stops the run (DiskFull), with no torn line.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import secrets
 import time
 import warnings
 from pathlib import Path
+
+from kml.safe_write import append
 
 MODES = ("online", "offline", "disabled")
 
@@ -37,7 +40,9 @@ class RunLogger:
                  config: dict | None = None):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        # A raw descriptor, one write per line: a full disk cuts the failed line off again (kml/safe_write.py).
+        self._jsonl = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self.wandb = None
         mode = resolve_mode(mode)
         if mode != "disabled":
@@ -72,7 +77,8 @@ class RunLogger:
 
     def log(self, metrics: dict, step: int) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
-        self._jsonl.write(json.dumps({"step": step, "time": time.time(), **clean}) + "\n")
+        line = json.dumps({"step": step, "time": time.time(), **clean}) + "\n"
+        append(self._jsonl, line.encode(), self.metrics_path)
         self._guard(lambda: self.wandb.log(metrics, step=step))
 
     def log_table(self, key: str, columns: list[str], rows: list[list]) -> None:
@@ -95,6 +101,6 @@ class RunLogger:
         self._guard(lambda: self.wandb.summary.update(values))
 
     def finish(self, exit_code: int = 0) -> None:
-        self._jsonl.close()
+        os.close(self._jsonl)
         self._guard(lambda: self.wandb.finish(exit_code=exit_code))
         self.wandb = None

@@ -47,11 +47,12 @@ def prepared_miniimagenet(shared_data, real_root) -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
-    """Root holding the synthetic benchmark at 16 px (generated once per session)."""
+    """Root holding the synthetic benchmark at debug=tiny's image size (generated once per session)."""
     from kml.data import synthetic
+    from tests.runs import TINY_SIZE
 
     root = tmp_path_factory.mktemp("synthetic")
-    synthetic.ensure(root, 16)
+    synthetic.ensure(root, TINY_SIZE)
     return root
 
 

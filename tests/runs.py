@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kml.config import compose  # noqa: F401  (the config launch.py would see; used by the tests)
+from omegaconf import OmegaConf
+
+from kml.config import CONF_DIR, compose  # noqa: F401  (compose: the config launch.py would see)
 
 REPO = Path(__file__).resolve().parents[1]
+TINY_SIZE = int(OmegaConf.load(CONF_DIR / "debug" / "tiny.yaml").image_size)  # debug=tiny's images
 
 
 def tiny_overrides(data_root: Path, learner: str = "protonet", modulation: str = "none") -> list[str]:
@@ -27,3 +30,11 @@ def start(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "launch.py", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def error_line(done: subprocess.CompletedProcess) -> str:
+    """The one `error:` line of a run that stopped on a user error (exit code 2, no traceback)."""
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    return lines[0]

@@ -9,15 +9,12 @@ import subprocess
 import sys
 
 import numpy as np
-from omegaconf import OmegaConf
 
 from kml import report
-from kml.config import CONF_DIR
 from kml.data import folder, store
 from tests import archives
-from tests.runs import REPO, launch, tiny_overrides
+from tests.runs import REPO, TINY_SIZE, launch, tiny_overrides
 
-TINY_SIZE = OmegaConf.load(CONF_DIR / "debug" / "tiny.yaml").image_size  # what tiny_overrides runs at
 # 5 classes per split (the default way) of shot 1 + query 5 images (tiny_overrides' episodes).
 CLASSES, IMAGES = 25, 6
 

@@ -120,11 +120,16 @@ def test_grey_images_rotation_and_the_cli(tmp_path, capsys):
     assert not SplitDataset.load(tmp_path, "scans", 10, "test").rotate_classes
 
 
-def test_a_folder_mode_missing_at_the_run_size_names_its_prepare_command(tmp_path):
+def test_a_folder_mode_missing_or_damaged_names_its_prepare_command(tmp_path):
     folder.prepare("scans", materialise(tree(), tmp_path / "tree", "folder"), tmp_path, image_size=8)
     with pytest.raises(DataError, match=r"scans at 16px is not prepared .*\(only at 8px: or set image_size to that\)"
                                         r".*`python -m kml\.data prepare folder --name scans --source DIR .*--image-size 16`"):
         SplitDataset.load(tmp_path, "scans", 16, "train")
+    array = store.prepared_dir(tmp_path, "scans", 8) / "val.npy"
+    array.write_bytes(array.read_bytes()[:-10])
+    with pytest.raises(DataError, match=r"val.npy is damaged .*cut short.*prepare it again: "
+                                        r"`python -m kml\.data prepare folder --name scans --source DIR .* --force`"):
+        SplitDataset.load(tmp_path, "scans", 8, "val")
 
 
 # ---- warnings: prepared anyway ----------------------------------------------------------------------

@@ -60,10 +60,13 @@ def test_killed_run_resumes_to_the_same_result(synthetic_root, tmp_path):
     killed_at = checkpoint.load(interrupted / "last.pt")["iteration"]
     assert 0 < killed_at < 30, "the kill must land mid-training for this test to mean anything"
     assert not (interrupted / "results.json").exists()
+    # The killed job's lock is left behind, naming it; the same command takes it over.
+    assert json.loads((interrupted / "run.lock").read_text())["pid"] == process.pid
 
     resumed = launch(args + [f"hydra.run.dir={interrupted}"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"at iteration {killed_at}" in resumed.stdout + resumed.stderr
+    assert json.loads((interrupted / "run.lock").read_text())["pid"] != process.pid
     assert read_results(interrupted) == read_results(tmp_path / "whole")
     a = checkpoint.load(tmp_path / "whole" / "last.pt")["model"]
     b = checkpoint.load(interrupted / "last.pt")["model"]
@@ -90,6 +93,8 @@ def test_multirun_sweep(synthetic_root, tmp_path, launcher):
     runs = {yaml.safe_load((p.parent / ".hydra" / "config.yaml").read_text())["seed"]: p
             for p in sweep.glob("*/results.json")}
     assert sorted(runs) == [0, 1]
+    # Each job locks its own folder, not the sweep's.
+    assert all((path.parent / "run.lock").is_file() for path in runs.values()) and not (sweep / "run.lock").exists()
     first, second = (json.loads(runs[seed].read_text()) for seed in (0, 1))
     assert first["overall"] != second["overall"]  # different seeds really ran
     assert report.main([str(sweep)]) == 0 and (sweep / "report.md").is_file()

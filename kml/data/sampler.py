@@ -6,7 +6,7 @@ import json
 import numpy as np
 import torch
 
-from kml.data import registry, store
+from kml.data import integrity, registry, store
 from kml.data.episodes import Batch
 from kml.data.errors import DataError
 
@@ -28,7 +28,9 @@ class SplitDataset:
 
     @classmethod
     def load(cls, root, name: str, image_size: int, split: str, in_memory: bool = True) -> SplitDataset:
-        manifest = store.load_manifest(root, name, image_size)  # a clear error (with the prepare command) if missing
+        # One clear line (with the prepare command) if the dataset is missing or an array is cut short.
+        integrity.check_split(root, name, image_size, split)
+        manifest = store.load_manifest(root, name, image_size)
         # Manifests written before the fact was recorded: the registry entry of a built-in dataset has it.
         rotate = manifest["rotate_classes"] if "rotate_classes" in manifest else registry.rotate_classes(name)
         folder = store.prepared_dir(root, name, image_size)

@@ -147,15 +147,32 @@ def load_manifest(root, name: str, image_size: int) -> dict:
     path = prepared_dir(root, name, image_size) / "manifest.json"
     if not path.is_file():
         raise DataError(missing_message(root, name, image_size))
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:  # cut short or overwritten, like any other file of the folder
+        raise DataError(damaged_message(root, name, image_size, path, "not readable JSON")) from err
 
 
 def missing_message(root, name: str, image_size: int) -> str:
     if name.startswith("synthetic"):
         return f"synthetic data {name} at {image_size}px is missing under {root}; it is generated on first use"
-    command = (f"prepare {name} --source PATH" if name in registry.names()
-               else f"prepare folder --name {name} --source DIR")  # not built in: the user's own data
     sizes = sorted(int(p.parent.name.removesuffix("px")) for p in Path(root, name).glob("*px/manifest.json"))
     elsewhere = f" (only at {', '.join(f'{s}px' for s in sizes)}: or set image_size to that)" if sizes else ""
-    return (f"dataset {name} at {image_size}px is not prepared under {root}{elsewhere}: run "
-            f"`python -m kml.data {command} --root {root} --image-size {image_size}`")
+    return (f"dataset {name} at {image_size}px is not prepared under {root}{elsewhere}: "
+            f"run `{prepare_command(root, name, image_size)}`")
+
+
+def damaged_message(root, name: str, image_size: int, path: Path, problem: str) -> str:
+    return f"{path} is damaged ({problem}); {repair_hint(root, name, image_size)}"
+
+
+def repair_hint(root, name: str, image_size: int) -> str:
+    if name.startswith("synthetic"):
+        return f"delete {prepared_dir(root, name, image_size)}; it is generated again on first use"
+    return f"prepare it again: `{prepare_command(root, name, image_size)} --force`"
+
+
+def prepare_command(root, name: str, image_size: int) -> str:
+    what = (f"prepare {name} --source PATH" if name in registry.names()
+            else f"prepare folder --name {name} --source DIR")  # not built in: the user's own data
+    return f"python -m kml.data {what} --root {root} --image-size {image_size}"
