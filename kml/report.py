@@ -20,6 +20,14 @@ import numpy as np
 from kml import plots
 from kml.published import METHODS, PUBLISHED, SOURCE
 
+# `benchmark=custom benchmark.modes=[...]` is one name for any list of modes: such runs are set apart by their modes.
+CUSTOM_BENCHMARK = "custom"
+
+
+def benchmark_name(r: dict) -> str:
+    """The setup a run belongs to: its benchmark, or for a custom one its modes (e.g. omniglot+my_scans)."""
+    return "+".join(r["per_mode"]) if r["benchmark"] == CUSTOM_BENCHMARK else r["benchmark"]
+
 
 def find_results(folders: list[str]) -> list[dict]:
     runs = []
@@ -49,7 +57,7 @@ def multi_rows(runs: list[dict]) -> list[dict]:
         if len(r["per_mode"]) == 1:
             mode = next(iter(r["per_mode"]))
             specialists[(r["method"], mode, r["way"], r["shot"])] = r["per_mode"][mode]
-    setups = {(r["benchmark"], tuple(r["per_mode"]), r["way"], r["shot"]) for r in runs if len(r["per_mode"]) > 1}
+    setups = {(benchmark_name(r), tuple(r["per_mode"]), r["way"], r["shot"]) for r in runs if len(r["per_mode"]) > 1}
     rows = []
     for method in sorted({m for m, *_ in specialists}):
         for benchmark, modes, way, shot in sorted(setups):
@@ -78,7 +86,7 @@ def build_table(runs: list[dict], published: bool, modes: bool = False
     """(header, rows of formatted cells, flat records for CSV). With `modes`, every mode gets a column."""
     records, multimodal = [], set()
     for r in runs + multi_rows(runs):
-        setup = f"{r['benchmark']} {r['way']}w{r['shot']}s"
+        setup = f"{benchmark_name(r)} {r['way']}w{r['shot']}s"
         if len(r["per_mode"]) > 1:
             multimodal.add(setup)
         for mode, summary in summaries(r, modes):
@@ -175,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.transference:
         grid = transference_by_method(runs)
         if grid:
-            setups = sorted({f"{r['benchmark']} {r['way']}w{r['shot']}s" for r in runs
+            setups = sorted({f"{benchmark_name(r)} {r['way']}w{r['shot']}s" for r in runs
                              if Path(r["path"], "transference").is_dir()})
             title = f"transference on {', '.join(setups)}: LR of one outer step on a source task, per target"
             print(f"wrote {plots.transference_grid(grid, Path(args.transference), title)}")

@@ -105,10 +105,13 @@ def cifar100_tar(path: Path, train_per_class=2, test_per_class=1, meta_extra=Non
     return write_tar_gz(path, files)
 
 
-def cub_tar(path: Path, per_class=2, drop_one_image=False) -> Path:
+def cub_tar(path: Path, per_class=2, drop_one_image=False, only=None) -> Path:
+    """`only`: the classes a partial copy holds (its index files list just those), by default all 200."""
     classes = sorted(all_classes("cub"))
     files, images, labels = {}, [], []
     for class_id, name in enumerate(classes, 1):
+        if only is not None and name not in only:
+            continue
         for i in range(per_class):
             image_id = len(images) + 1
             images.append(f"{image_id} {name}/{name.split('.', 1)[1]}_{i:04d}_{image_id}.jpg")
@@ -117,7 +120,8 @@ def cub_tar(path: Path, per_class=2, drop_one_image=False) -> Path:
     if drop_one_image:
         files.pop(next(iter(files)))
     files["CUB_200_2011/images.txt"] = "\n".join(images).encode()
-    files["CUB_200_2011/classes.txt"] = "\n".join(f"{i} {n}" for i, n in enumerate(classes, 1)).encode()
+    files["CUB_200_2011/classes.txt"] = "\n".join(f"{i} {n}" for i, n in enumerate(classes, 1)
+                                                  if only is None or n in only).encode()
     files["CUB_200_2011/image_class_labels.txt"] = "\n".join(labels).encode()
     files["attributes.txt"] = b"1 has_bill_shape::curved\n"
     return write_tar_gz(path, files)

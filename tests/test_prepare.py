@@ -17,8 +17,10 @@ import pytest
 
 from kml.data import cub, miniimagenet, sources, store
 from kml.data.__main__ import main
+from kml.data.benchmark import load_split
 from kml.data.errors import DataError
 from kml.data.prepare import prepare
+from kml.data.sampler import SplitDataset
 from tests import archives
 
 
@@ -96,6 +98,14 @@ def test_omniglot_from_the_two_official_zips_is_inverted(generated, tmp_path):
     arrays = check_prepared(tmp_path, "omniglot", 20, 1, {"train": 1100, "val": 100, "test": 423}, 2)
     drawing = arrays["val"][0, 0]
     assert (drawing[:, 8:12] == 255).all() and (drawing[:, :8] == 0).all()  # stroke bright, paper dark
+    # conf/dataset/omniglot.yaml's rotate_classes reaches the manifest, and the sampler through it.
+    path = store.prepared_dir(tmp_path, "omniglot", 20) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    assert manifest["rotate_classes"] is True and SplitDataset.load(tmp_path, "omniglot", 20, "val").rotate_classes
+    del manifest["rotate_classes"]  # as written before the fact was recorded: the registry entry still says so
+    path.write_text(json.dumps(manifest))
+    assert SplitDataset.load(tmp_path, "omniglot", 20, "val").rotate_classes
+    assert load_split(["omniglot"], "train", tmp_path, 20, class_split="released")[0].rotate_classes  # regrouped too
 
 
 def test_miniimagenet_csv_layout_takes_splits_from_the_class_lists(generated, tmp_path, capsys):
@@ -137,6 +147,41 @@ def test_aircraft_banner_is_cut_off(generated, tmp_path):
     arrays = check_prepared(tmp_path, "aircraft", 32, 3, {"train": 70, "val": 15, "test": 15}, 2)
     for images in arrays.values():
         assert images[:, 0].max() < 40 and images[:, 2].min() > 215  # all sky blue, no red banner
+
+
+# ---- a partial copy of an official dataset --------------------------------------------------------
+
+def partial_cub(path, train=10, val=6, test=5):
+    """A CUB copy holding the first classes of each fixed split (its index files list only those)."""
+    kept = {split: archives.SPLITS["cub"][split][:n] for split, n in (("train", train), ("val", val), ("test", test))}
+    return archives.cub_tar(path, only={c for names in kept.values() for c in names}), kept
+
+
+def test_missing_classes_are_refused_unless_allowed(tmp_path, capsys):
+    source, kept = partial_cub(tmp_path / "cub_part.tgz")
+    with pytest.raises(DataError, match=r"lacks 179 of the 200 cub classes .*present: train 10/140, val 6/30, "
+                                        r"test 5/30\); pass the complete official archive, or --allow-missing-classes"):
+        prepare("cub", source, tmp_path / "root", image_size=8)
+    assert not (tmp_path / "root").exists()
+    assert main(["prepare", "cub", "--source", str(source), "--root", str(tmp_path / "root"), "--image-size", "8",
+                 "--allow-missing-classes"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: 179 of the 200 cub classes are missing from " in err
+    assert "; preparing the 21 present (train 10/140, val 6/30, test 5/30)" in err
+    check_prepared(tmp_path / "root", "cub", 8, 3, {"train": 10, "val": 6, "test": 5}, 2)
+    for split, names in kept.items():  # in the order of the fixed lists
+        assert class_names(tmp_path / "root", "cub", 8, split) == names
+
+
+def test_a_partial_split_too_small_for_an_episode_is_refused(tmp_path):
+    source, _ = partial_cub(tmp_path / "cub_part.tgz", val=4, test=0)
+    with pytest.raises(DataError, match=r"cub_part.tgz holds too few classes for 5-way episodes \(val 4, test 0\); "
+                                        r"pass a more complete archive, or pass --min-classes N") as caught:
+        prepare("cub", source, tmp_path / "root", image_size=8, allow_missing_classes=True)
+    assert "\n" not in str(caught.value) and not (tmp_path / "root").exists()
+    source, _ = partial_cub(tmp_path / "cub_part.tgz", val=4, test=4)
+    prepare("cub", source, tmp_path / "root", image_size=8, allow_missing_classes=True, min_classes=4)
+    check_prepared(tmp_path / "root", "cub", 8, 3, {"train": 10, "val": 4, "test": 4}, 2)
 
 
 # ---- idempotence and atomicity ---------------------------------------------------------------------
@@ -255,6 +300,7 @@ def test_cli_lists_valid_datasets_for_an_unknown_name(capsys):
         main(["prepare", "imagenet"])
     assert exited.value.code == 2
     err = capsys.readouterr().err
-    assert "invalid choice: 'imagenet'" in err and all(n in err for n in ("omniglot", "fc100", "aircraft"))
-    with pytest.raises(DataError, match="unknown dataset 'imagenet'; choose one of: omniglot, miniimagenet"):
+    assert "invalid choice: 'imagenet'" in err and all(n in err for n in ("omniglot", "fc100", "aircraft", "folder"))
+    with pytest.raises(DataError, match="unknown dataset 'imagenet'; choose one of: aircraft, cub, fc100, miniimagenet, "
+                                        "omniglot$"):
         prepare("imagenet", "anything")

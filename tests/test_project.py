@@ -26,7 +26,9 @@ def names(group):
     return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
 
 
-MODES_PER_BENCHMARK = {"2mode": 2, "2mode_dag": 2, "3mode": 3, "5mode": 5, "synthetic": 3}
+MODES_PER_BENCHMARK = {"2mode": 2, "2mode_dag": 2, "3mode": 3, "5mode": 5, "synthetic": 3, "custom": 2}
+# benchmark=custom has no modes of its own: they come from the command line.
+GIVEN_MODES = {"custom": ["benchmark.modes=[omniglot,my_scans]"]}
 
 
 def test_every_benchmark_learner_modulation_and_shot_composes():
@@ -34,7 +36,8 @@ def test_every_benchmark_learner_modulation_and_shot_composes():
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         configs = {combo: compose(config_name="config", overrides=[
-            f"benchmark={combo[0]}", f"learner={combo[1]}", f"modulation={combo[2]}", f"shot={combo[3]}"])
+            f"benchmark={combo[0]}", *GIVEN_MODES.get(combo[0], []), f"learner={combo[1]}", f"modulation={combo[2]}",
+            f"shot={combo[3]}"])
             for combo in itertools.product(names("benchmark"), names("learner"), names("modulation"), names("shot"))}
     for (benchmark, learner, modulation, shot), cfg in configs.items():
         assert (cfg.benchmark.name, cfg.learner.name, cfg.modulation.name) == (benchmark, learner, modulation)

@@ -118,3 +118,16 @@ def test_published_numbers_equal_the_shared_transcription():
                 for method, setups in table["results"].items() for setup, shots in setups.items()
                 for shot, value in shots.items()}
     assert PUBLISHED == expected
+
+
+def test_custom_benchmarks_are_set_apart_by_their_modes(tmp_path):
+    # benchmark=custom names every list of modes alike: the multimodal run and the specialists must not share a cell.
+    write(tmp_path / "both", "ProtoNet", "custom", {"omniglot": [0.9, 0.7], "scans": [0.5, 0.1]})
+    write(tmp_path / "other", "ProtoNet", "custom", {"scans": [0.6, 0.4], "xrays": [0.2, 0.2]})
+    write(tmp_path / "alone", "ProtoNet", "custom", {"scans": [1.0, 0.8]})
+    write(tmp_path / "omniglot", "ProtoNet", "omniglot", {"omniglot": [0.4, 0.2]})  # a built-in specialist joins in
+    header, rows, _ = report.build_table(report.find_results([str(tmp_path)]), published=False)
+    assert header == ["method", "omniglot+scans 5w1s", "scans+xrays 5w1s", "omniglot 5w1s", "scans 5w1s"]
+    table = {row[0]: row[1:] for row in rows}
+    assert [cell.split(" ±")[0] for cell in table["ProtoNet"]] == ["55.00", "35.00", "30.00", "90.00"]
+    assert [cell.split(" ±")[0] for cell in table["Multi-ProtoNet"]] == ["60.00", "", "", ""]  # no xrays specialist

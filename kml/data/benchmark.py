@@ -7,9 +7,6 @@ from kml.data import released, synthetic
 from kml.data.sampler import EpisodeSampler, MultimodalSampler, SplitDataset
 from kml.data.store import SPLITS
 
-# Omniglot classes are augmented by rotations of 90° (a rotated character is a new class).
-ROTATED = {"omniglot"}
-
 
 def load_split(modes: list[str], split: str, root: str | Path, image_size: int, class_split: str = "standard",
                fc100_inverted: bool = False) -> list[SplitDataset]:
@@ -35,7 +32,7 @@ def make_sampler(modes: list[str], split: str, way: int, shot: int, query: int, 
                  root: str | Path = "data", image_size: int = 32, seed: int = 0, policy: str = "balanced",
                  class_split: str = "standard", fc100_inverted: bool = False) -> MultimodalSampler:
     datasets = load_split(modes, split, root, image_size, class_split, fc100_inverted)
-    samplers = [EpisodeSampler(d, way, shot, query, rotate=d.name in ROTATED) for d in datasets]
+    samplers = [EpisodeSampler(d, way, shot, query, rotate=d.rotate_classes) for d in datasets]
     return MultimodalSampler(samplers, meta_batch, policy=policy, seed=seed)
 
 

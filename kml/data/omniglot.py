@@ -59,8 +59,8 @@ def classes(source: sources.Source) -> dict[str, list[tuple[str, list[str]]]]:
     found = {half: sum(1 for h in half_of.values() if h == half) for half in HALVES}
     if found != HALVES:
         counts = ", ".join(f"{found[h]} of {n} characters in {h}" for h, n in HALVES.items())
-        raise DataError(f"{source.path} holds an incomplete Omniglot ({counts}); "
-                        "pass both official zips, complete")
+        raise DataError(f"{source.path} holds an incomplete Omniglot ({counts}); pass both official zips, complete "
+                        "(the split cuts the sorted list of all 1623 characters: --allow-missing-classes cannot apply)")
     names = sorted(drawings)
     splits, start = {}, 0
     for split, size in SPLIT_SIZES.items():

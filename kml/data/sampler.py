@@ -6,16 +6,21 @@ import json
 import numpy as np
 import torch
 
-from kml.data import integrity, store
+from kml.data import integrity, registry, store
 from kml.data.episodes import Batch
 from kml.data.errors import DataError
 
 
 class SplitDataset:
-    """One split of one prepared dataset: uint8 images [N, C, H, W], rows grouped by class."""
+    """One split of one prepared dataset: uint8 images [N, C, H, W], rows grouped by class.
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, class_names: list[str], name: str, split: str):
+    `rotate_classes`: episodes turn each class by a random multiple of 90° (Omniglot's augmentation).
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, class_names: list[str], name: str, split: str,
+                 rotate_classes: bool = False):
         self.images, self.class_names, self.name, self.split = images, class_names, name, split
+        self.rotate_classes = rotate_classes
         self.counts = torch.bincount(labels, minlength=len(class_names))
         self.starts = torch.cumsum(self.counts, 0) - self.counts
         if not torch.equal(labels, torch.repeat_interleave(torch.arange(len(class_names)), self.counts)):
@@ -25,12 +30,16 @@ class SplitDataset:
     def load(cls, root, name: str, image_size: int, split: str, in_memory: bool = True) -> SplitDataset:
         # One clear line (with the prepare command) if the dataset is missing or an array is cut short.
         integrity.check_split(root, name, image_size, split)
+        manifest = store.load_manifest(root, name, image_size)
+        # Manifests written before the fact was recorded: the registry entry of a built-in dataset has it.
+        rotate = manifest["rotate_classes"] if "rotate_classes" in manifest else registry.rotate_classes(name)
         folder = store.prepared_dir(root, name, image_size)
         images = np.load(folder / f"{split}.npy", mmap_mode=None if in_memory else "r")
         labels = torch.from_numpy(np.load(folder / f"{split}_labels.npy")).long()
         names = json.loads((folder / f"{split}_classes.json").read_text())
         # A memory map is wrapped without copying; writes are never made through it.
-        return cls(torch.from_numpy(np.asarray(images)) if in_memory else torch.as_tensor(images), labels, names, name, split)
+        return cls(torch.from_numpy(np.asarray(images)) if in_memory else torch.as_tensor(images), labels, names, name,
+                   split, rotate_classes=rotate)
 
     @classmethod
     def gather(cls, datasets: list[SplitDataset], names: list[str], split: str) -> SplitDataset:
@@ -39,7 +48,8 @@ class SplitDataset:
         blocks = [d.images[d.starts[i]: d.starts[i] + d.counts[i]] for d, i in (where[n] for n in names)]
         counts = torch.tensor([len(block) for block in blocks])
         labels = torch.repeat_interleave(torch.arange(len(names)), counts)
-        return cls(torch.cat(blocks), labels, list(names), datasets[0].name, split)
+        return cls(torch.cat(blocks), labels, list(names), datasets[0].name, split,
+                   rotate_classes=datasets[0].rotate_classes)
 
     @property
     def num_classes(self) -> int:

@@ -22,7 +22,8 @@ _BROKEN = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, OSError)
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 # Small non-image members of a tar are kept from the listing pass (CUB's images.txt is ~0.5 MB).
 _KEEP_BYTES = 4 << 20
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+# What torchvision's ImageFolder reads, plus GIF.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
 
 class Source:
@@ -105,7 +106,7 @@ class TarSource(Source):
                         continue
                     name = _clean(member.name)
                     names.append(name)
-                    if member.size <= _KEEP_BYTES and not name.lower().endswith(_IMAGE_SUFFIXES):
+                    if member.size <= _KEEP_BYTES and not name.lower().endswith(IMAGE_SUFFIXES):
                         self._small[name] = tar.extractfile(member).read()
                 # Read on to the end so that gzip/bz2/xz verify their checksum and length.
                 for _ in iter(lambda: tar.fileobj.read(1 << 20), b""):

@@ -1,5 +1,6 @@
 """The prepared-data format: data/<name>/<size>px/<split>.npy (uint8 N×C×H×W, rows grouped by class),
-<split>_labels.npy, <split>_classes.json and manifest.json (counts, sizes, sha256 of source and arrays).
+<split>_labels.npy, <split>_classes.json and manifest.json (counts, sizes, sha256 of source and arrays,
+and the runtime facts the sampler needs: `channels`, `rotate_classes`).
 
 Everything is written into a hidden temporary folder that is renamed into place only when complete,
 so an interrupted preparation never leaves a half-written dataset behind.
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from kml.data import registry
 from kml.data.errors import DataError
 from kml.data.images import decode, to_array
 from kml.data.sources import Source
@@ -44,10 +46,13 @@ class PreparedWriter:
     """Fills per-split image arrays row by row; `commit()` checks completeness and publishes atomically.
 
     `classes[split]` lists (class name, image count); rows of a class are contiguous, in that order.
+    `rotate_classes` goes into the manifest for the sampler (a class turned by 90°·k is a new class);
+    `split_record`, when given, says how the classes were split (rule and lists) in the manifest's `split`.
     """
 
     def __init__(self, root, name: str, image_size: int, channels: int,
-                 classes: dict[str, list[tuple[str, int]]], source: dict):
+                 classes: dict[str, list[tuple[str, int]]], source: dict, *, rotate_classes: bool,
+                 split_record: dict | None = None):
         self.final = prepared_dir(root, name, image_size)
         self.tmp = self.final.with_name(f".{self.final.name}.tmp-{os.getpid()}")
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -55,6 +60,7 @@ class PreparedWriter:
         self.created = [p for p in (self.tmp.parent, *self.tmp.parent.parents) if not p.exists()]
         self.tmp.mkdir(parents=True)
         self.name, self.image_size, self.channels, self.source = name, image_size, channels, source
+        self.rotate_classes, self.split_record = rotate_classes, split_record
         self.classes = classes
         self.images, self.filled, self.starts = {}, {}, {}
         for split, entries in classes.items():
@@ -77,7 +83,8 @@ class PreparedWriter:
 
     def commit(self) -> Path:
         manifest = {"format": FORMAT_VERSION, "dataset": self.name, "image_size": self.image_size,
-                    "channels": self.channels, "source": self.source, "splits": {}}
+                    "channels": self.channels, "rotate_classes": self.rotate_classes, "source": self.source,
+                    **({"split": self.split_record} if self.split_record else {}), "splits": {}}
         for split, images in self.images.items():
             missing = int((~self.filled[split]).sum())
             if missing:
@@ -149,8 +156,10 @@ def load_manifest(root, name: str, image_size: int) -> dict:
 def missing_message(root, name: str, image_size: int) -> str:
     if name.startswith("synthetic"):
         return f"synthetic data {name} at {image_size}px is missing under {root}; it is generated on first use"
-    return (f"dataset {name} at {image_size}px is not prepared under {root}: run "
-            f"`python -m kml.data prepare {name} --source PATH --root {root} --image-size {image_size}`")
+    sizes = sorted(int(p.parent.name.removesuffix("px")) for p in Path(root, name).glob("*px/manifest.json"))
+    elsewhere = f" (only at {', '.join(f'{s}px' for s in sizes)}: or set image_size to that)" if sizes else ""
+    return (f"dataset {name} at {image_size}px is not prepared under {root}{elsewhere}: "
+            f"run `{prepare_command(root, name, image_size)}`")
 
 
 def damaged_message(root, name: str, image_size: int, path: Path, problem: str) -> str:
@@ -160,5 +169,10 @@ def damaged_message(root, name: str, image_size: int, path: Path, problem: str) 
 def repair_hint(root, name: str, image_size: int) -> str:
     if name.startswith("synthetic"):
         return f"delete {prepared_dir(root, name, image_size)}; it is generated again on first use"
-    return (f"prepare it again: `python -m kml.data prepare {name} --source PATH --root {root} "
-            f"--image-size {image_size} --force`")
+    return f"prepare it again: `{prepare_command(root, name, image_size)} --force`"
+
+
+def prepare_command(root, name: str, image_size: int) -> str:
+    what = (f"prepare {name} --source PATH" if name in registry.names()
+            else f"prepare folder --name {name} --source DIR")  # not built in: the user's own data
+    return f"python -m kml.data {what} --root {root} --image-size {image_size}"

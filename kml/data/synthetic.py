@@ -41,7 +41,7 @@ def generate(root, name: str, image_size: int):
                for s, n in CLASSES.items()}
     source = {"generator": "kml.data.synthetic", "seed": GENERATOR_SEED, "version": VERSION, "sha256": None}
     grid = _grid(image_size)
-    with store.PreparedWriter(root, name, image_size, channels, classes, source) as writer:
+    with store.PreparedWriter(root, name, image_size, channels, classes, source, rotate_classes=False) as writer:
         for split, n in CLASSES.items():
             for first in range(0, n, _CHUNK):
                 count = min(_CHUNK, n - first)
