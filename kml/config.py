@@ -132,6 +132,10 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 def validate(cfg: DictConfig) -> None:
     """Stop before any work, with one line naming the key, the value and what is allowed, when a setting
     has the wrong type or an impossible value."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        hint = MISSING_HINTS.get(missing[0], "set it on the command line")
+        raise ConfigError(f"{missing[0]} has no value (??? in its YAML); {hint}")
     try:
         OmegaConf.merge(OmegaConf.structured(Schema), _project(OmegaConf.to_container(cfg, resolve=True), Schema))
     except ValidationError as err:
@@ -152,6 +156,8 @@ def validate(cfg: DictConfig) -> None:
 
 
 _ABSENT = object()
+MISSING_HINTS = {"benchmark.modes": "list the prepared datasets to run together, e.g. "
+                                    "benchmark=custom 'benchmark.modes=[omniglot,my_scans]'"}
 
 
 def _project(values: dict, schema: type) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +33,8 @@ def task_accuracies(learner, modes: list[str], split: str, cfg, tasks_per_mode: 
     learner.eval()
     result = {}
     with tqdm(total=tasks_per_mode * len(modes), desc=desc, unit="task", leave=False, mininterval=1.0) as bar:
-        for index, mode in enumerate(modes):
-            sampler = sampler_for(cfg, [mode], split, cfg.eval.query, batch_size, seed=seed + 7919 * index)
+        for mode in modes:
+            sampler = sampler_for(cfg, [mode], split, cfg.eval.query, batch_size, seed=seed + mode_seed(mode))
             accuracies = []
             for done in range(0, tasks_per_mode, batch_size):
                 batch = sampler.sample()
@@ -43,6 +44,12 @@ def task_accuracies(learner, modes: list[str], split: str, cfg, tasks_per_mode: 
             result[mode] = torch.cat(accuracies)
     learner.train()
     return result
+
+
+def mode_seed(mode: str) -> int:
+    """A mode's offset of the evaluation seed, from its name alone: a mode meets the same tasks in every
+    benchmark it is part of, so a specialist and a multimodal run compare task by task."""
+    return zlib.crc32(mode.encode()) % 1_000_003
 
 
 def summarise(per_mode: dict[str, torch.Tensor], ddof: int = 1) -> dict:
@@ -79,7 +86,8 @@ def evaluate_and_report(learner, cfg: DictConfig, run_dir: Path, logger: RunLogg
     per_mode = task_accuracies(learner, modes, "test", cfg, cfg.eval.tasks_per_mode, seed + TEST_SEED_OFFSET,
                                device, desc="test")
     results = {**summarise(per_mode, int(cfg.eval.std_ddof)), "method": learner.method_name,
-               "benchmark": cfg.benchmark.name, "shot": int(cfg.shot), "way": int(cfg.way)}
+               "benchmark": cfg.benchmark.name, "shot": int(cfg.shot), "way": int(cfg.way),
+               "protocol": cfg.get("protocol", "paper"), "seed": int(cfg.seed), "eval_seed": seed}
     write_test_tasks(run_dir / "test_tasks.npz", per_mode, seed)
     write_results(run_dir / "results.json", results)
     print(f"\n{results['method']} on {results['benchmark']}, {cfg.way}-way {cfg.shot}-shot (test split)")

@@ -1,4 +1,5 @@
-"""Figures of the transference analysis, drawn without pyplot (no global backend, no open-figure state)."""
+"""Figures of the reports and the transference analysis, drawn without pyplot (no global backend, no
+open-figure state)."""
 
 from __future__ import annotations
 
@@ -101,4 +102,26 @@ def transference_grid(grid: dict[str, dict[int, np.ndarray]], path: Path, title:
             if r == len(names) - 1:
                 ax.set_xlabel("LR (< 1: the source step helped the target)")
     figure.suptitle(title, fontsize=11)
+    return _save(figure, path)
+
+
+def learning_curves(curves: dict[str, dict[int, list[float]]], path: Path, title: str) -> Path:
+    """One line per method: the mean over its runs (training seeds) at each iteration, with the range of
+    the runs shaded; accuracies in %."""
+    figure = Figure(figsize=(7.5, 4.6), layout="constrained")
+    ax = figure.subplots()
+    for method, by_step in curves.items():
+        steps = sorted(by_step)
+        values = [np.array(by_step[s]) * 100 for s in steps]
+        mean = [v.mean() for v in values]
+        seeds = max(len(v) for v in values)
+        (line,) = ax.plot(steps, mean, marker="o", markersize=3, label=f"{method} ({seeds} seed{'s' * (seeds > 1)})")
+        if seeds > 1:
+            ax.fill_between(steps, [v.min() for v in values], [v.max() for v in values], color=line.get_color(),
+                            alpha=0.15, linewidth=0)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return _save(figure, path)

@@ -1,43 +1,29 @@
-"""`python -m kml.report DIR... [--out DIR] [--published] [--modes]`: the paper-style table of a sweep.
+"""`python -m kml.report DIR... [--out DIR] [--published] [--modes] [--compare METHOD ...] [--curves PNG]
+[--transference PNG]`: the paper-style table of a sweep, paired comparisons and figures.
 
 Reads every results.json under the given folders. Rows are methods, columns are setups
 (benchmark, way, shot), or with --modes each mode of a setup and its overall; a cell is test accuracy
-mean ± 95% CI. Single-mode runs are also
-combined into Multi-<method> rows (one specialist per mode, as the paper's Multi-MAML / Multi-ProtoNet)
-for every multi-mode setup whose modes all have a specialist.
+mean ± 95% CI over tasks, or with several training seeds the mean over seeds ± a t-interval over seeds.
+Single-mode runs are also combined into Multi-<method> rows (one specialist per mode, as the paper's
+Multi-MAML / Multi-ProtoNet) for every multi-mode setup whose modes all have a specialist.
+--compare METHOD adds each method's difference from METHOD, paired over identical test tasks
+(kml.compare); --curves draws validation accuracy against iteration, mean and range over seeds.
 """
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from kml import plots
+from kml import compare, plots
 from kml.published import METHODS, PUBLISHED, SOURCE
+from kml.runs import benchmark_name, find_results, label, run_seed, setup_name
 
-# `benchmark=custom benchmark.modes=[...]` is one name for any list of modes: such runs are set apart by their modes.
-CUSTOM_BENCHMARK = "custom"
-
-
-def benchmark_name(r: dict) -> str:
-    """The setup a run belongs to: its benchmark, or for a custom one its modes (e.g. omniglot+my_scans)."""
-    return "+".join(r["per_mode"]) if r["benchmark"] == CUSTOM_BENCHMARK else r["benchmark"]
-
-
-def find_results(folders: list[str]) -> list[dict]:
-    runs = []
-    for folder in folders:
-        path = Path(folder)
-        if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist; pass run or sweep folders (e.g. outputs/NAME)")
-        for file in sorted(path.rglob("results.json")):
-            runs.append({**json.loads(file.read_text()), "path": str(file.parent)})
-    return runs
+__all__ = ["build_table", "find_results", "main", "multi_rows", "pooled"]
 
 
 def pooled(parts: list[dict]) -> dict:
@@ -51,21 +37,22 @@ def pooled(parts: list[dict]) -> dict:
 
 
 def multi_rows(runs: list[dict]) -> list[dict]:
-    """Multi-<method>: per-mode specialists (single-mode runs) assembled for each multi-mode setup."""
+    """Multi-<method>: per-mode specialists (single-mode runs) assembled for each multi-mode setup, per
+    training seed."""
     specialists = {}
     for r in runs:
         if len(r["per_mode"]) == 1:
             mode = next(iter(r["per_mode"]))
-            specialists[(r["method"], mode, r["way"], r["shot"])] = r["per_mode"][mode]
+            specialists[(label(r), mode, r["way"], r["shot"], run_seed(r))] = r["per_mode"][mode]
     setups = {(benchmark_name(r), tuple(r["per_mode"]), r["way"], r["shot"]) for r in runs if len(r["per_mode"]) > 1}
     rows = []
-    for method in sorted({m for m, *_ in specialists}):
+    for method, seed in sorted({(m, seed) for m, *_, seed in specialists}):
         for benchmark, modes, way, shot in sorted(setups):
-            parts = [specialists.get((method, mode, way, shot)) for mode in modes]
+            parts = [specialists.get((method, mode, way, shot, seed)) for mode in modes]
             if all(parts):
                 rows.append({"method": f"Multi-{method}", "benchmark": benchmark, "way": way, "shot": shot,
                              "per_mode": dict(zip(modes, parts, strict=True)), "overall": pooled(parts),
-                             "path": "(specialists)"})
+                             "seed": seed, "path": "(specialists)"})
     return rows
 
 
@@ -81,20 +68,38 @@ def published_value(method: str, benchmark: str, way: int, shot: int, mode: str)
     return PUBLISHED.get((method, benchmark, way, shot)) if mode == "overall" else None
 
 
+def cell(found: list[dict]) -> str:
+    """One method's cell: one training seed: mean ± 95% CI over its tasks (pooled if it ran twice);
+    several seeds: the mean over seeds ± a t-interval over seeds, which carries the training-seed variance."""
+    by_seed = {}
+    for rec in found:
+        by_seed.setdefault(rec["seed"], []).append(rec)
+    if len(by_seed) == 1:
+        s = pooled(found) if len(found) > 1 else found[0]
+        return f"{100 * s['mean']:.2f} ± {100 * s['ci95']:.2f}"
+    s = compare.across_seeds([pooled(recs)["mean"] for recs in by_seed.values()])
+    return f"{100 * s['mean']:.2f} ± {100 * s['ci95']:.2f} ({s['seeds']} seeds)"
+
+
 def build_table(runs: list[dict], published: bool, modes: bool = False
                 ) -> tuple[list[str], list[list[str]], list[dict]]:
-    """(header, rows of formatted cells, flat records for CSV). With `modes`, every mode gets a column."""
+    """(header, rows of formatted cells, flat records for CSV). With `modes`, every mode gets a column.
+    Runs of another protocol than the paper's are rows of their own (`ProtoNet [released]`); the paper's
+    numbers are one `(paper)` row per method."""
     records, multimodal = [], set()
     for r in runs + multi_rows(runs):
-        setup = f"{benchmark_name(r)} {r['way']}w{r['shot']}s"
+        setup = setup_name(r)
         if len(r["per_mode"]) > 1:
             multimodal.add(setup)
+        method = r["method"] if r["method"].startswith("Multi-") else label(r)
         for mode, summary in summaries(r, modes):
-            records.append({"method": r["method"], "setup": setup, "mode": mode, "source": "ours", **summary})
+            records.append({"method": method, "setup": setup, "mode": mode, "source": "ours",
+                            "seed": run_seed(r), **summary})
             value = published_value(r["method"], r["benchmark"], r["way"], r["shot"], mode) if published else None
             if value is not None:
-                records.append({"method": r["method"], "setup": setup, "mode": mode, "source": "paper",
-                                "mean": value[0] / 100, "ci95": value[1] / 100, "n": None})
+                records.append({"method": r["method"].split(" [")[0], "setup": setup, "mode": mode,
+                                "source": "paper", "seed": None, "mean": value[0] / 100, "ci95": value[1] / 100,
+                                "n": None})
 
     def column(rec: dict) -> str:
         return f"{rec['setup']} {rec['mode']}" if modes else rec["setup"]
@@ -106,7 +111,7 @@ def build_table(runs: list[dict], published: bool, modes: bool = False
     keys = sorted({(rec["method"], rec["source"]) for rec in records},
                   key=lambda k: (method_order(k[0]), k[1] != "ours"))
     cells = {}
-    for rec in records:  # several seeds of one cell: keep them all, pooled
+    for rec in records:
         cells.setdefault((rec["method"], rec["source"], column(rec)), []).append(rec)
     rows = []
     for method, source in keys:
@@ -118,8 +123,7 @@ def build_table(runs: list[dict], published: bool, modes: bool = False
             elif source == "paper":
                 row.append(f"{100 * found[0]['mean']:.2f} ± {100 * found[0]['ci95']:.2f}")
             else:
-                s = pooled(found) if len(found) > 1 else found[0]
-                row.append(f"{100 * s['mean']:.2f} ± {100 * s['ci95']:.2f}")
+                row.append(cell(found))
         rows.append(row)
     return ["method", *columns], rows, records
 
@@ -129,16 +133,17 @@ def transference_by_method(runs: list[dict]) -> dict[str, dict[int, np.ndarray]]
     grid = {}
     for r in runs:
         for file in Path(r["path"], "transference").glob("lr_step*.npz"):
-            grid.setdefault(r["method"], {})[int(file.stem.removeprefix("lr_step"))] = np.load(file)["lr"]
+            grid.setdefault(label(r), {})[int(file.stem.removeprefix("lr_step"))] = np.load(file)["lr"]
     return {m: grid[m] for m in sorted(grid, key=method_order)}
 
 
 def method_order(method: str) -> tuple:
     """The paper's row order: MAML, Multi-MAML, MMAML, MMAML+KML, ProtoNet, …; other names after them, each
-    followed by its Multi- row."""
-    base = method.removeprefix("Multi-")
+    followed by its Multi- row; a protocol's rows (`ProtoNet [released]`) right after the method's."""
+    name, _, protocol = method.partition(" [")
+    base = name.removeprefix("Multi-")
     rank = METHODS.index(base) if base in METHODS else len(METHODS)
-    return (rank, base if rank == len(METHODS) else "", method.startswith("Multi-"), method)
+    return (rank, base if rank == len(METHODS) else "", name.startswith("Multi-"), protocol, method)
 
 
 def markdown(header: list[str], rows: list[list[str]]) -> str:
@@ -152,6 +157,35 @@ def plain(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([fmt(header), "  ".join("-" * w for w in widths), *map(fmt, rows)])
 
 
+def comparison_table(rows: list[dict], modes: bool) -> tuple[list[str], list[list[str]]]:
+    """Methods × setups (× modes) of method − baseline differences in points (kml.compare.format_difference)."""
+    shown = [r for r in rows if modes or r["mode"] == "overall"]
+    columns = sorted({(r["setup"], r["mode"] == "overall", r["mode"]) for r in shown})
+    names = [f"{setup} {mode}" if modes else setup for setup, _, mode in columns]
+    methods = sorted({r["method"] for r in shown}, key=method_order)
+    cells = {(r["method"], r["setup"], r["mode"]): compare.format_difference(r) for r in shown}
+    table = [[m, *[cells.get((m, setup, mode), "") for setup, _, mode in columns]] for m in methods]
+    return [f"vs {shown[0]['baseline']}", *names], table
+
+
+def write_comparisons(rows: list[dict], out: Path, modes: bool) -> None:
+    baseline = rows[0]["baseline"]
+    header, table = comparison_table(rows, modes)
+    slug = baseline.replace(" ", "_").replace("[", "").replace("]", "").replace("+", "p")
+    note = ("\n\nDifference from " + baseline + " in accuracy points, paired over identical test tasks; with several "
+            "training seeds the mean of the per-seed differences ± a t-interval over seeds.\n")
+    (out / f"compare_{slug}.md").write_text(markdown(header, table) + note)
+    with open(out / f"compare_{slug}.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["method", "baseline", "setup", "mode", "seeds", "mean", "ci95_over_seeds", "seed",
+                         "paired_mean", "paired_ci95", "tasks"])
+        for r in rows:
+            for p in r["per_seed"]:
+                writer.writerow([r["method"], baseline, r["setup"], r["mode"], r["seeds"], r["mean"], r["ci95"],
+                                 p["seed"], p["mean"], p["ci95"], p["n"]])
+    print(f"\n{plain(header, table)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kml.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -159,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="where to write report.csv and report.md (default: the first folder)")
     parser.add_argument("--published", action="store_true", help=f"add the published numbers ({SOURCE})")
     parser.add_argument("--modes", action="store_true", help="a column per mode beside each setup's overall")
+    parser.add_argument("--compare", action="append", default=[], metavar="METHOD",
+                        help="differences from this method, paired over identical test tasks (repeatable; "
+                             "a row's name, e.g. MAML, 'ProtoNet [released]')")
+    parser.add_argument("--curves", metavar="PNG", help="draw validation accuracy against iteration per method")
     parser.add_argument("--transference", metavar="PNG",
                         help="also draw the runs' transference histograms (a row per method, a column per step)")
     args = parser.parse_args(argv)
@@ -174,17 +212,36 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or args.folders[0])
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "report.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["method", "setup", "mode", "source", "mean", "ci95", "n"])
+        writer = csv.DictWriter(f, fieldnames=["method", "setup", "mode", "source", "seed", "mean", "ci95", "n"])
         writer.writeheader()
         writer.writerows(records)
     note = f"\n\nPaper numbers: {SOURCE}\n" if args.published else "\n"
     (out / "report.md").write_text(markdown(header, rows) + note)
     print(plain(header, rows))
+    tests = compare.test_records(runs) if args.compare else []
+    for baseline in args.compare:
+        try:
+            differences = compare.compare(tests, baseline)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        if not differences:
+            known = ", ".join(sorted({t.method for t in tests})) or "none (no test_tasks.npz)"
+            print(f"error: no run of --compare {baseline!r} shares a setup and seed with another method; "
+                  f"methods with test tasks: {known}", file=sys.stderr)
+            return 2
+        write_comparisons(differences, out, args.modes)
+    if args.curves:
+        curves = compare.validation_curves(runs)
+        if curves:
+            ordered = {m: curves[m] for m in sorted(curves, key=method_order)}
+            print(f"wrote {plots.learning_curves(ordered, Path(args.curves), 'validation accuracy')}")
+        else:
+            print("no validation accuracy in the runs' metrics.jsonl", file=sys.stderr)
     if args.transference:
         grid = transference_by_method(runs)
         if grid:
-            setups = sorted({f"{benchmark_name(r)} {r['way']}w{r['shot']}s" for r in runs
-                             if Path(r["path"], "transference").is_dir()})
+            setups = sorted({setup_name(r) for r in runs if Path(r["path"], "transference").is_dir()})
             title = f"transference on {', '.join(setups)}: LR of one outer step on a source task, per target"
             print(f"wrote {plots.transference_grid(grid, Path(args.transference), title)}")
         else:

@@ -71,6 +71,12 @@ def test_the_defaults_and_sensible_settings_pass():
         validate(composed(*overrides))
 
 
+def test_a_custom_benchmark_without_modes_says_how_to_give_them():
+    with pytest.raises(ConfigError, match=r"benchmark.modes has no value .* 'benchmark.modes=\[omniglot,my_scans\]'"):
+        validate(composed("benchmark=custom"))
+    validate(composed("benchmark=custom", "benchmark.modes=[omniglot,my_scans]"))
+
+
 def test_released_splits_refuse_selecting_on_omniglot_test_classes():
     with pytest.raises(ConfigError, match="eval.checkpoint=best would select on test data"):
         validate(composed("data.split=released", "benchmark=2mode"))

@@ -3,17 +3,13 @@ and a new built-in dataset added as one module plus one YAML (CONTRIBUTING.md, "
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 
 import numpy as np
 
 from kml import report
 from kml.data import folder, store
 from tests import archives
-from tests.runs import REPO, TINY_SIZE, launch, tiny_overrides
+from tests.runs import TINY_SIZE, launch, repo_copy, run_in, tiny_overrides
 
 # 5 classes per split (the default way) of shot 1 + query 5 images (tiny_overrides' episodes).
 CLASSES, IMAGES = 25, 6
@@ -71,22 +67,17 @@ TOY_YAML = "_target_: kml.data.toy\nrotate_classes: true\n"
 
 
 def test_adding_a_dataset_is_one_module_and_one_yaml(tmp_path):
-    copy = tmp_path / "repo"  # the project as it is, plus the two new files and nothing else
-    shutil.copytree(REPO / "kml", copy / "kml", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO / "conf", copy / "conf")
-    shutil.copy(REPO / "launch.py", copy)
+    copy = repo_copy(tmp_path / "repo")  # the project as it is, plus the two new files and nothing else
     (copy / "kml" / "data" / "toy.py").write_text(TOY_MODULE)
     (copy / "conf" / "dataset" / "toy.yaml").write_text(TOY_YAML)
     png = archives.omniglot_drawing()  # the last class of each split's list is missing: a partial copy
     source = archives.write_zip(tmp_path / "toy.zip", {f"toy/c{6 * s + k:02d}-{i}.png": png for s in range(3)
                                                        for k in range(5) for i in range(IMAGES)})
     root = tmp_path / "data"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true"}
 
     def prepare(*options):
-        return subprocess.run([sys.executable, "-m", "kml.data", "prepare", "toy", "--source", str(source),
-                               "--root", str(root), "--image-size", str(TINY_SIZE), *options],
-                              cwd=copy, env=env, capture_output=True, text=True, timeout=300)
+        return run_in(copy, ["-m", "kml.data", "prepare", "toy", "--source", str(source), "--root", str(root),
+                             "--image-size", str(TINY_SIZE), *options])
     refused = prepare()
     assert refused.returncode == 2 and "lacks 3 of the 18 toy classes" in refused.stderr
     prepared = prepare("--allow-missing-classes")
@@ -95,9 +86,8 @@ def test_adding_a_dataset_is_one_module_and_one_yaml(tmp_path):
     assert (manifest["channels"], manifest["rotate_classes"]) == (1, True)
     assert {s: manifest["splits"][s]["classes"] for s in store.SPLITS} == {"train": 5, "val": 5, "test": 5}
     run_dir = tmp_path / "run"
-    trained = subprocess.run([sys.executable, "launch.py", "benchmark=custom", "benchmark.modes=[toy]",
-                              *tiny_overrides(root), f"hydra.run.dir={run_dir}"],
-                             cwd=copy, env=env, capture_output=True, text=True, timeout=300)
+    trained = run_in(copy, ["launch.py", "benchmark=custom", "benchmark.modes=[toy]", *tiny_overrides(root),
+                            f"hydra.run.dir={run_dir}"])
     assert trained.returncode == 0, trained.stderr[-2000:]
     results = json.loads((run_dir / "results.json").read_text())
     assert list(results["per_mode"]) == ["toy"] and 0 <= results["overall"]["mean"] <= 1

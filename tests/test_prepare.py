@@ -17,7 +17,7 @@ import pytest
 
 from kml.data import cub, miniimagenet, sources, store
 from kml.data.__main__ import main
-from kml.data.benchmark import load_split
+from kml.data.benchmark import Serving, load_split
 from kml.data.errors import DataError
 from kml.data.prepare import prepare
 from kml.data.sampler import SplitDataset
@@ -105,7 +105,7 @@ def test_omniglot_from_the_two_official_zips_is_inverted(generated, tmp_path):
     del manifest["rotate_classes"]  # as written before the fact was recorded: the registry entry still says so
     path.write_text(json.dumps(manifest))
     assert SplitDataset.load(tmp_path, "omniglot", 20, "val").rotate_classes
-    assert load_split(["omniglot"], "train", tmp_path, 20, class_split="released")[0].rotate_classes  # regrouped too
+    assert load_split(["omniglot"], "train", tmp_path, 20, Serving(class_split="released"))[0].rotate_classes  # regrouped too
 
 
 def test_miniimagenet_csv_layout_takes_splits_from_the_class_lists(generated, tmp_path, capsys):

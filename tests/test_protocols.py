@@ -10,11 +10,15 @@ import torch
 from torch import nn
 
 from kml.data import released
+from kml.data.benchmark import Serving, load_split
+from kml.data.prepare import prepare
 from kml.data.sampler import SplitDataset
+from kml.errors import DataError
 from kml.learners import MAML, ProtoNet, build_learner
 from kml.learners.protonet import refine_prototypes
 from kml.loop import MetaTraining, meta_train
 from kml.models import KMLGenerator, conv4
+from tests import archives
 from tests.configs import composed, options, tiny_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -281,3 +285,24 @@ def test_released_protocol_builds_its_methods_and_specialists():
     assert (cub.learner.inner_lr, cub.train.meta_batch, cub.train.iterations) == (0.01, 4, 80000)
     paper = composed("learner=maml", "benchmark=cub")
     assert (paper.learner.inner_lr, paper.train.meta_batch, paper.eval.checkpoint) == (0.05, 10, "best")
+
+
+def test_bug_compatible_serving_of_fc100_and_aircraft(tmp_path):
+    """data.fc100_inverted serves FC100 wrapped around as the released loader does; data.aircraft_banner
+    serves the `aircraft` mode from `prepare aircraft_banner`, whose photos keep the red banner that the
+    standard preparation crops (archives.aircraft_photo: blue sky, red banner)."""
+    root = tmp_path / "data"
+    prepare("fc100", archives.cifar100_tar(tmp_path / "cifar.tar.gz", 6, 6), root, 8)
+    plain = load_split(["fc100"], "train", root, 8)[0].images
+    inverted = load_split(["fc100"], "train", root, 8, Serving(fc100_inverted=True))[0].images
+    assert torch.equal(inverted, released.invert_by_wraparound(plain)) and not torch.equal(inverted, plain)
+    source = archives.aircraft_tar(tmp_path / "aircraft.tar.gz", 6)
+    prepare("aircraft", source, root, 16)
+    prepare("aircraft_banner", source, root, 16)
+    cropped = load_split(["aircraft"], "train", root, 16)[0]
+    banner = load_split(["aircraft"], "train", root, 16, Serving(aircraft_banner=True))[0]
+    assert cropped.class_names == banner.class_names
+    red = lambda images: (images[:, 0].float() - images[:, 2].float()).mean(dim=0)  # noqa: E731
+    assert red(banner.images)[-3:].mean() > 100 and red(cropped.images).max() < 50
+    with pytest.raises(DataError, match="prepare aircraft_banner"):
+        load_split(["aircraft"], "train", tmp_path / "empty", 16, Serving(aircraft_banner=True))

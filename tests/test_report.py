@@ -42,8 +42,8 @@ def test_table_with_multi_rows_and_published(tmp_path, monkeypatch, capsys):
     assert multi[0]["overall"]["mean"] == pytest.approx((1.0 + 0.9 + 0.3 + 0.5) / 4)
     assert "| Multi-MAML |" in (tmp_path / "report.md").read_text()
     rows = (tmp_path / "report.csv").read_text().splitlines()
-    assert rows[0] == "method,setup,mode,source,mean,ci95,n"
-    assert any(r.startswith("Multi-MAML,2mode 5w1s,overall,ours") for r in rows)
+    assert rows[0] == "method,setup,mode,source,seed,mean,ci95,n"
+    assert any(r.startswith("Multi-MAML,2mode 5w1s,overall,ours,0,") for r in rows)
 
 
 def test_per_mode_columns(tmp_path):
@@ -63,7 +63,7 @@ def test_per_mode_columns(tmp_path):
     assert {r["mode"] for r in records} == {"omniglot", "miniimagenet", "overall"}
 
 
-def test_seeds_of_one_cell_are_pooled(tmp_path):
+def test_two_runs_of_one_cell_and_seed_are_pooled(tmp_path):
     write(tmp_path / "s0", "ProtoNet", "3mode", {"a": [0.5, 0.6]})
     write(tmp_path / "s1", "ProtoNet", "3mode", {"a": [0.7, 0.8]})
     header, rows, _ = report.build_table(report.find_results([str(tmp_path)]), published=False)

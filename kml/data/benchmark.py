@@ -1,6 +1,7 @@
 """A benchmark is a list of modes (prepared datasets) served together at one image size."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from kml.data import released, synthetic
@@ -8,21 +9,35 @@ from kml.data.sampler import EpisodeSampler, MultimodalSampler, SplitDataset
 from kml.data.store import SPLITS
 
 
-def load_split(modes: list[str], split: str, root: str | Path, image_size: int, class_split: str = "standard",
-               fc100_inverted: bool = False) -> list[SplitDataset]:
-    """One split of each mode. class_split "released" regroups the classes of Omniglot, CUB and Aircraft
-    as the authors' code does; fc100_inverted serves FC100 as its released loader does (kml.data.released)."""
+@dataclass(frozen=True)
+class Serving:
+    """How prepared data is served (`data.*`): the documented class splits or the released code's, and the
+    released loaders' two image bugs, for bug-compatibility (kml.data.released, docs/protocols.md)."""
+
+    class_split: str = "standard"
+    fc100_inverted: bool = False
+    aircraft_banner: bool = False  # Aircraft from `prepare aircraft_banner` (photos with their banner)
+
+    @classmethod
+    def from_config(cls, data) -> Serving:
+        return cls(str(data.split), bool(data.fc100_inverted), bool(data.aircraft_banner))
+
+
+def load_split(modes: list[str], split: str, root: str | Path, image_size: int,
+               serving: Serving = Serving()) -> list[SplitDataset]:
+    """One split of each mode, served as `serving` says."""
     if any(m in synthetic.MODES for m in modes):
         synthetic.ensure(root, image_size)
     datasets = []
     for mode in modes:
-        if class_split == "released" and mode in released.RELEASED_SPLITS:
-            standard = {s: SplitDataset.load(root, mode, image_size, s) for s in SPLITS}
+        stored = "aircraft_banner" if serving.aircraft_banner and mode == "aircraft" else mode
+        if serving.class_split == "released" and mode in released.RELEASED_SPLITS:
+            standard = {s: SplitDataset.load(root, stored, image_size, s) for s in SPLITS}
             names = released.class_lists(mode, {s: d.class_names for s, d in standard.items()})[split]
             dataset = SplitDataset.gather(list(standard.values()), names, split)
         else:
-            dataset = SplitDataset.load(root, mode, image_size, split)
-        if fc100_inverted and mode == "fc100":
+            dataset = SplitDataset.load(root, stored, image_size, split)
+        if serving.fc100_inverted and mode == "fc100":
             dataset.images = released.invert_by_wraparound(dataset.images)
         datasets.append(dataset)
     return datasets
@@ -30,8 +45,8 @@ def load_split(modes: list[str], split: str, root: str | Path, image_size: int, 
 
 def make_sampler(modes: list[str], split: str, way: int, shot: int, query: int, meta_batch: int,
                  root: str | Path = "data", image_size: int = 32, seed: int = 0, policy: str = "balanced",
-                 class_split: str = "standard", fc100_inverted: bool = False) -> MultimodalSampler:
-    datasets = load_split(modes, split, root, image_size, class_split, fc100_inverted)
+                 serving: Serving = Serving()) -> MultimodalSampler:
+    datasets = load_split(modes, split, root, image_size, serving)
     samplers = [EpisodeSampler(d, way, shot, query, rotate=d.rotate_classes) for d in datasets]
     return MultimodalSampler(samplers, meta_batch, policy=policy, seed=seed)
 
@@ -42,7 +57,7 @@ def sampler_for(cfg, modes: list[str], split: str, query: int, meta_batch: int, 
     image size, way and shot."""
     return make_sampler(modes, split, int(cfg.way), int(cfg.shot), int(query), int(meta_batch),
                         root=cfg.data.root, image_size=int(cfg.image_size), seed=seed, policy=policy,
-                        class_split=cfg.data.split, fc100_inverted=bool(cfg.data.fc100_inverted))
+                        serving=Serving.from_config(cfg.data))
 
 
 def summary_table(modes: list[str], root: str | Path, image_size: int) -> str:

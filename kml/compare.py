@@ -1,0 +1,142 @@
+"""Paired comparisons of runs against a baseline method (`python -m kml.report DIR... --compare METHOD`).
+
+Every run of one setup met the same test tasks (they come from eval.seed, not the training seed; each run
+keeps every task's accuracy in test_tasks.npz), so two methods compare task by task:
+
+- within one training seed: the mean of the per-task differences, ± 1.96·std/√n over tasks. This says
+  whether two trained models differ, not whether the methods do: it ignores how much another training
+  seed would have moved either of them.
+- across training seeds: the mean of the per-seed mean differences, ± a t-interval over seeds
+  (t_{0.975, seeds−1}·std/√seeds). This carries the training-seed variance and is the figure to rest a
+  claim on; with one seed there is none.
+
+Multi-<method> rows are assembled from single-mode specialists (per seed, in the setup's mode order),
+whose test tasks are the multimodal run's tasks of that mode (kml.evaluate.mode_seed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kml.runs import label, run_seed, setup_name
+
+# t_{0.975, df} for df = 1 … 30: the two-sided 95% quantiles of Student's t (standard tables).
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042)
+
+
+@dataclass
+class TestRecord:
+    """One run's test tasks: accuracy [n] and the index of each task's mode into `modes`."""
+
+    method: str
+    setup: str
+    seed: int
+    eval_seed: int
+    modes: list[str]
+    accuracy: np.ndarray
+    mode: np.ndarray
+
+    def on(self, mode: str) -> np.ndarray:
+        return self.accuracy if mode == "overall" else self.accuracy[self.mode == self.modes.index(mode)]
+
+
+def test_records(runs: list[dict]) -> list[TestRecord]:
+    """The runs that kept test_tasks.npz, plus Multi- records assembled from their specialists."""
+    records = []
+    for run in runs:
+        path = Path(run["path"]) / "test_tasks.npz"
+        if path.is_file():
+            with np.load(path) as saved:
+                records.append(TestRecord(label(run), setup_name(run), run_seed(run), int(saved["eval_seed"]),
+                                          [str(m) for m in saved["modes"]], saved["accuracy"], saved["mode"]))
+    specialists = {(r.method, r.modes[0], r.seed, r.setup.split(" ", 1)[1]): r for r in records if len(r.modes) == 1}
+    multi = []
+    for r in records:
+        if len(r.modes) < 2:
+            continue
+        shape = r.setup.split(" ", 1)[1]  # "5w1s"
+        for method in sorted({m for m, *_ in specialists}):
+            parts = [specialists.get((method, mode, r.seed, shape)) for mode in r.modes]
+            key = (f"Multi-{method}", r.setup, r.seed)
+            if all(parts) and key not in {(m.method, m.setup, m.seed) for m in multi}:
+                multi.append(TestRecord(key[0], r.setup, r.seed, parts[0].eval_seed, list(r.modes),
+                                        np.concatenate([p.accuracy for p in parts]),
+                                        np.concatenate([np.full(len(p.accuracy), i) for i, p in enumerate(parts)])))
+    return records + multi
+
+
+def paired(difference: np.ndarray) -> dict:
+    """Mean ± 1.96·std/√n of per-task differences."""
+    n = len(difference)
+    std = float(np.std(difference, ddof=1)) if n > 1 else 0.0
+    return {"mean": float(np.mean(difference)), "ci95": 1.96 * std / math.sqrt(n), "n": n}
+
+
+def across_seeds(values: list[float]) -> dict:
+    """Mean ± t-interval over seeds (ci95 None with one seed: no estimate of the seed variance)."""
+    k = len(values)
+    if k < 2:
+        return {"mean": float(values[0]), "ci95": None, "seeds": k}
+    t = T_975[k - 2] if k - 1 <= len(T_975) else 1.96
+    return {"mean": float(np.mean(values)), "ci95": t * float(np.std(values, ddof=1)) / math.sqrt(k), "seeds": k}
+
+
+def compare(records: list[TestRecord], baseline: str) -> list[dict]:
+    """For every method and setup where the baseline ran too: the paired differences per seed and their
+    mean over seeds, per mode and overall (fractions, method − baseline)."""
+    by_key = {(r.method, r.setup, r.seed): r for r in records}
+    rows = []
+    for setup in sorted({r.setup for r in records}):
+        for method in sorted({r.method for r in records if r.setup == setup and r.method != baseline}):
+            pairs = []
+            for seed in sorted({r.seed for r in records if r.setup == setup}):
+                ours, theirs = by_key.get((method, setup, seed)), by_key.get((baseline, setup, seed))
+                if ours is None or theirs is None:
+                    continue
+                if ours.eval_seed != theirs.eval_seed or ours.modes != theirs.modes or \
+                        len(ours.accuracy) != len(theirs.accuracy):
+                    raise ValueError(f"{method} and {baseline} on {setup}, seed {seed}, met different test tasks "
+                                     "(another eval.seed, mode list or task count); rerun with the same eval.*")
+                pairs.append((seed, ours, theirs))
+            if not pairs:
+                continue
+            for mode in [*pairs[0][1].modes, "overall"] if len(pairs[0][1].modes) > 1 else ["overall"]:
+                per_seed = [{"seed": seed, **paired(ours.on(mode) - theirs.on(mode))} for seed, ours, theirs in pairs]
+                rows.append({"method": method, "baseline": baseline, "setup": setup, "mode": mode,
+                             "per_seed": per_seed, **across_seeds([p["mean"] for p in per_seed])})
+    return rows
+
+
+def format_difference(row: dict) -> str:
+    """`+1.23 ± 0.80 (3 seeds)` in accuracy points; one seed: the within-seed paired interval, marked."""
+    if row["ci95"] is None:
+        within = row["per_seed"][0]
+        return f"{100 * row['mean']:+.2f} ± {100 * within['ci95']:.2f} (1 seed, paired over tasks)"
+    return f"{100 * row['mean']:+.2f} ± {100 * row['ci95']:.2f} ({row['seeds']} seeds)"
+
+
+def validation_curves(runs: list[dict]) -> dict[str, dict[int, list[float]]]:
+    """method -> iteration -> the validation accuracies of its runs (one per seed) at that iteration, from
+    every run's metrics.jsonl, for the setup each run belongs to (keyed `method @ setup` when several)."""
+    setups = {setup_name(r) for r in runs}
+    curves: dict[str, dict[int, list[float]]] = {}
+    for run in runs:
+        path = Path(run["path"]) / "metrics.jsonl"
+        if not path.is_file():
+            continue
+        name = label(run) if len(setups) == 1 else f"{label(run)} @ {setup_name(run)}"
+        seen = {}
+        for line in path.read_text().splitlines():
+            entry = json.loads(line)
+            if entry.get("val/accuracy") is not None:
+                seen[int(entry["step"])] = float(entry["val/accuracy"])  # a resumed run logs a step once more
+        for step, value in seen.items():
+            curves.setdefault(name, {}).setdefault(step, []).append(value)
+    return curves

@@ -1,0 +1,140 @@
+"""Identical test tasks for every model (eval.seed), and the paired comparisons built on them."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from kml import compare, report
+from kml.evaluate import evaluate_and_report
+from kml.logger import RunLogger
+from tests.configs import composed
+
+
+class TaskRecorder:
+    """A stand-in learner that records every test task it is given (and scores them at random)."""
+
+    method_name = "Recorder"
+
+    def __init__(self):
+        self.tasks = []
+
+    def evaluate(self, batch):
+        self.tasks += [batch.support_x[t].clone() for t in range(batch.num_tasks)]
+        return torch.rand(batch.num_tasks)
+
+    def eval(self):
+        pass
+
+    def train(self):
+        pass
+
+
+def met_tasks(synthetic_root, tmp_path, *overrides):
+    cfg = composed("debug=tiny", f"data.root={synthetic_root}", "eval.tasks_per_mode=7", "eval.meta_batch=7",
+                   *overrides)
+    learner = TaskRecorder()
+    folder = tmp_path / "_".join(overrides)
+    folder.mkdir()
+    evaluate_and_report(learner, cfg, folder, RunLogger(folder, mode="disabled"), torch.device("cpu"))
+    return learner.tasks, folder
+
+
+def test_two_training_seeds_meet_identical_test_tasks_and_a_mode_the_same_tasks_everywhere(synthetic_root, tmp_path):
+    first, folder = met_tasks(synthetic_root, tmp_path, "seed=0")
+    second, _ = met_tasks(synthetic_root, tmp_path, "seed=1")
+    assert len(first) == 3 * 7 and all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    other, _ = met_tasks(synthetic_root, tmp_path, "seed=0", "eval.seed=5")
+    assert not any(torch.equal(a, b) for a, b in zip(first, other, strict=True))
+    # A specialist on one mode meets that mode's tasks of the multimodal run (kml.evaluate.mode_seed).
+    alone, _ = met_tasks(synthetic_root, tmp_path, "benchmark=custom", "benchmark.modes=[synthetic_shapes]")
+    assert all(torch.equal(a, b) for a, b in zip(alone, first[7:14], strict=True))
+    saved = np.load(folder / "test_tasks.npz")
+    results = json.loads((folder / "results.json").read_text())
+    assert list(saved["modes"]) == ["synthetic_glyphs", "synthetic_shapes", "synthetic_gratings"]
+    assert saved["mode"].tolist() == [0] * 7 + [1] * 7 + [2] * 7 and int(saved["eval_seed"]) == 0
+    assert results["overall"]["mean"] == pytest.approx(saved["accuracy"].mean())
+    assert (results["seed"], results["eval_seed"], results["protocol"]) == (0, 0, "paper")
+
+
+def test_paired_and_across_seed_statistics_by_hand():
+    difference = np.array([0.2, 0.0, 0.4, 0.2])
+    got = compare.paired(difference)
+    assert got["mean"] == pytest.approx(0.2) and got["n"] == 4
+    assert got["ci95"] == pytest.approx(1.96 * math.sqrt(((0 ** 2) + 0.2 ** 2 + 0.2 ** 2 + 0) / 3) / 2)
+    three = compare.across_seeds([0.01, 0.03, 0.02])
+    assert three["mean"] == pytest.approx(0.02) and three["seeds"] == 3
+    assert three["ci95"] == pytest.approx(4.303 * 0.01 / math.sqrt(3))  # t_{0.975, 2} · std / √3
+    assert compare.across_seeds([0.05])["ci95"] is None
+
+
+def write_run(folder, method, benchmark, modes, accuracies, seed, protocol="paper", eval_seed=0):
+    folder.mkdir(parents=True)
+    accuracy = np.concatenate(accuracies)
+    np.savez(folder / "test_tasks.npz", accuracy=accuracy, modes=np.array(modes), eval_seed=eval_seed,
+             mode=np.concatenate([np.full(len(a), i) for i, a in enumerate(accuracies)]))
+    summary = lambda a: {"mean": float(np.mean(a)), "ci95": 0.0, "n": len(a)}  # noqa: E731
+    (folder / "results.json").write_text(json.dumps({
+        "overall": summary(accuracy), "per_mode": {m: summary(a) for m, a in zip(modes, accuracies, strict=True)},
+        "method": method, "benchmark": benchmark, "way": 5, "shot": 1, "seed": seed, "protocol": protocol}))
+    (folder / "metrics.jsonl").write_text("\n".join(json.dumps({"step": s, "val/accuracy": 0.5 + 0.01 * s + 0.1 * seed})
+                                                    for s in (10, 20)))
+
+
+def fabricated_study(root):
+    """MAML and KML on 2 modes × 3 seeds: KML is MAML + 0.1 on omniglot tasks and + (0.01·seed) on the
+    other; plus MAML specialists (seed 0) and a released ProtoNet."""
+    g = np.random.default_rng(0)
+    for seed in range(3):
+        omniglot, mini = g.uniform(0.3, 0.8, 6), g.uniform(0.2, 0.6, 4)
+        write_run(root / f"maml{seed}", "MAML", "2mode", ["omniglot", "miniimagenet"], [omniglot, mini], seed)
+        write_run(root / f"kml{seed}", "MMAML+KML", "2mode", ["omniglot", "miniimagenet"],
+                  [omniglot + 0.1, mini + 0.01 * seed], seed)
+        if seed == 0:
+            write_run(root / "spec_o", "MAML", "omniglot", ["omniglot"], [omniglot - 0.05], 0)
+            write_run(root / "spec_m", "MAML", "miniimagenet", ["miniimagenet"], [mini + 0.05], 0)
+            write_run(root / "proto", "ProtoNet", "2mode", ["omniglot", "miniimagenet"], [omniglot, mini], 0,
+                      protocol="released")
+
+
+def test_comparison_of_fabricated_runs_with_known_answers(tmp_path):
+    fabricated_study(tmp_path)
+    rows = compare.compare(compare.test_records(report.find_results([str(tmp_path)])), "MAML")
+    kml = {r["mode"]: r for r in rows if r["method"] == "MMAML+KML"}
+    assert kml["omniglot"]["mean"] == pytest.approx(0.1) and kml["omniglot"]["ci95"] == pytest.approx(0, abs=1e-12)
+    assert kml["miniimagenet"]["mean"] == pytest.approx(0.01) and kml["miniimagenet"]["seeds"] == 3
+    assert kml["miniimagenet"]["ci95"] == pytest.approx(4.303 * 0.01 / math.sqrt(3))
+    assert kml["overall"]["mean"] == pytest.approx(np.mean([(0.6 + 0.04 * s) / 10 for s in range(3)]))
+    assert [p["seed"] for p in kml["overall"]["per_seed"]] == [0, 1, 2]
+    multi = {r["mode"]: r for r in rows if r["method"] == "Multi-MAML"}
+    assert multi["omniglot"]["mean"] == pytest.approx(-0.05) and multi["miniimagenet"]["mean"] == pytest.approx(0.05)
+    assert multi["overall"]["seeds"] == 1 and multi["overall"]["ci95"] is None
+    released = {r["mode"]: r for r in rows if r["method"] == "ProtoNet [released]"}
+    assert released["overall"]["mean"] == pytest.approx(0.0)
+
+
+def test_report_command_writes_the_comparison_table_and_the_curves(tmp_path, capsys):
+    fabricated_study(tmp_path / "runs")
+    figure = tmp_path / "curves.png"
+    assert report.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--modes", "--compare", "MAML",
+                        "--curves", str(figure)]) == 0
+    out = capsys.readouterr().out
+    assert "+10.00 ± 0.00 (3 seeds)" in out and "ProtoNet [released]" in out
+    table = (tmp_path / "out" / "compare_MAML.md").read_text()
+    assert "| MMAML+KML |" in table and "paired over identical test tasks" in table
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    main_table = (tmp_path / "out" / "report.md").read_text()
+    assert "(3 seeds)" in main_table and "| ProtoNet [released] |" in main_table
+
+
+def test_runs_that_met_other_tasks_are_refused(tmp_path, capsys):
+    write_run(tmp_path / "a", "MAML", "2mode", ["omniglot", "miniimagenet"], [np.ones(3), np.ones(2)], 0)
+    write_run(tmp_path / "b", "MMAML", "2mode", ["omniglot", "miniimagenet"], [np.ones(3), np.ones(2)], 0,
+              eval_seed=7)
+    assert report.main([str(tmp_path), "--compare", "MAML"]) == 2
+    assert "met different test tasks" in capsys.readouterr().err
+    assert report.main([str(tmp_path), "--compare", "Reptile"]) == 2
