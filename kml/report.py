@@ -128,13 +128,20 @@ def build_table(runs: list[dict], published: bool, modes: bool = False
     return ["method", *columns], rows, records
 
 
-def transference_by_method(runs: list[dict]) -> dict[str, dict[int, np.ndarray]]:
-    """method -> {iteration: LR matrix} from the runs' transference/lr_step<N>.npz files, in the paper's order."""
+def transference_by_method(runs: list[dict], folder: str = "transference") -> dict[str, dict[int, np.ndarray]]:
+    """method -> {iteration: LR matrix} from the runs' <folder>/lr_step<N>.npz files, in the paper's order
+    (folder transference/reverse: the measurements the other way round)."""
     grid = {}
     for r in runs:
-        for file in Path(r["path"], "transference").glob("lr_step*.npz"):
+        for file in Path(r["path"], folder).glob("lr_step*.npz"):
             grid.setdefault(label(r), {})[int(file.stem.removeprefix("lr_step"))] = np.load(file)["lr"]
     return {m: grid[m] for m in sorted(grid, key=method_order)}
+
+
+def direction(file: Path) -> str:
+    """`source → target (split)` of one saved measurement."""
+    with np.load(file) as saved:
+        return f"{saved['source_mode']} → {saved['target_mode']} ({saved['split']})"
 
 
 def method_order(method: str) -> tuple:
@@ -239,13 +246,17 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("no validation accuracy in the runs' metrics.jsonl", file=sys.stderr)
     if args.transference:
-        grid = transference_by_method(runs)
-        if grid:
-            setups = sorted({setup_name(r) for r in runs if Path(r["path"], "transference").is_dir()})
-            title = f"transference on {', '.join(setups)}: LR of one outer step on a source task, per target"
-            print(f"wrote {plots.transference_grid(grid, Path(args.transference), title)}")
-        else:
-            print("no transference measurements (transference/lr_step*.npz) under these runs", file=sys.stderr)
+        figure = Path(args.transference)
+        for folder, path in (("transference", figure), ("transference/reverse",
+                                                         figure.with_name(f"{figure.stem}_reverse{figure.suffix}"))):
+            grid = transference_by_method(runs, folder)
+            if not grid:
+                if folder == "transference":
+                    print("no transference measurements (transference/lr_step*.npz) under these runs", file=sys.stderr)
+                continue
+            directions = sorted({direction(file) for r in runs for file in Path(r["path"], folder).glob("lr_step*.npz")})
+            title = f"transference {', '.join(directions)}: LR of one outer step on a source task, per target"
+            print(f"wrote {plots.transference_grid(grid, path, title)}")
     print(f"\n{len(runs)} runs; wrote {out / 'report.csv'} and {out / 'report.md'}")
     return 0
 

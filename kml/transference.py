@@ -43,6 +43,7 @@ from kml.errors import ConfigError
 from kml.learners import Learner, load_learner
 from kml.logger import RunLogger
 from kml.runtime import pick_device
+from kml.safe_write import atomic_write
 
 # The analysis draws its own tasks, apart from the training, validation and test streams of kml/train.py.
 SOURCE_SEED_OFFSET, TARGET_SEED_OFFSET = 300_007, 400_009
@@ -165,6 +166,11 @@ class Transference:
         if settings is None:
             return
         self.source_mode, self.target_mode = self._modes(cfg)
+        # (source, target, folder) of each measurement: the configured direction, and with `reverse` the
+        # other way round too (transference/reverse/).
+        self.directions = [(self.source_mode, self.target_mode, FOLDER)]
+        if settings.get("reverse", False):
+            self.directions.append((self.target_mode, self.source_mode, f"{FOLDER}/reverse"))
         if settings.split not in SPLITS:
             raise ConfigError(f"transference.split={settings.split!r}; choose one of {', '.join(SPLITS)}")
         if int(settings.sources) < 1 or int(settings.targets) < 1 or int(settings.chunk) < 1:
@@ -192,18 +198,17 @@ class Transference:
             return None
         return self.measure(learner, step, logger)
 
-    def source_chunks(self, dtype: torch.dtype) -> Iterator[Batch]:
+    def source_chunks(self, mode: str, dtype: torch.dtype) -> Iterator[Batch]:
         """The same source tasks at every measurement (a fresh sampler from the same seed)."""
         cfg, settings = self.cfg, self.cfg.transference
         chunk, total = int(settings.chunk), int(settings.sources)
-        sampler = sampler_for(cfg, [self.source_mode], "train", cfg.train.query, chunk,
-                              seed=int(settings.seed) + SOURCE_SEED_OFFSET)
+        sampler = sampler_for(cfg, [mode], "train", cfg.train.query, chunk, seed=int(settings.seed) + SOURCE_SEED_OFFSET)
         for done in range(0, total, chunk):
             yield take(sampler.sample(), total - done).to(self.device, dtype)
 
-    def target_tasks(self, dtype: torch.dtype) -> Batch:
+    def target_tasks(self, mode: str, dtype: torch.dtype) -> Batch:
         cfg, settings = self.cfg, self.cfg.transference
-        sampler = sampler_for(cfg, [self.target_mode], settings.split, cfg.eval.query, int(settings.targets),
+        sampler = sampler_for(cfg, [mode], settings.split, cfg.eval.query, int(settings.targets),
                               seed=int(settings.seed) + TARGET_SEED_OFFSET)
         return sampler.sample().to(self.device, dtype)
 
@@ -213,45 +218,54 @@ class Transference:
         return float(learner_cfg["lr"] if alpha is None else alpha)
 
     def measure(self, learner: Learner, step: int, logger: RunLogger, alpha: float | None = None) -> dict:
-        """Measure, save transference/lr_step{step}.npz and the plots under logger.run_dir, log them."""
+        """Measure every direction, save transference[/reverse]/lr_step{step}.npz and the plots under
+        logger.run_dir, log them; returns the first direction's summary."""
+        alpha = self.alpha(self.cfg.learner) if alpha is None else alpha
+        summaries = [self._measure_direction(learner, step, logger, alpha, *direction)
+                     for direction in self.directions]
+        return summaries[0]
+
+    def _measure_direction(self, learner: Learner, step: int, logger: RunLogger, alpha: float, source: str,
+                           target: str, folder_name: str) -> dict:
         from kml import plots
 
-        alpha = self.alpha(self.cfg.learner) if alpha is None else alpha
         dtype = next(learner.parameters()).dtype
         devices = [self.device] if self.device.type == "cuda" else []
         started = time.perf_counter()
         chunks = math.ceil(self.cfg.transference.sources / self.cfg.transference.chunk)
         with torch.random.fork_rng(devices=devices):
-            result = measure(learner, self.source_chunks(dtype), self.target_tasks(dtype), alpha, progress=True,
-                             chunks=chunks)
+            result = measure(learner, self.source_chunks(source, dtype), self.target_tasks(target, dtype), alpha,
+                             progress=True, chunks=chunks)
         seconds = time.perf_counter() - started
-        folder = Path(logger.run_dir) / FOLDER
+        folder = Path(logger.run_dir) / folder_name
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"lr_step{step}.npz"
-        np.savez(path, lr=result.lr.numpy(), target_loss=result.target_loss.numpy(),
-                 source_loss=result.source_loss.numpy(), source_mode=self.source_mode,
-                 target_mode=self.target_mode, alpha=alpha, step=step, split=self.cfg.transference.split,
-                 seed=int(self.cfg.transference.seed))
-        label = f"{self.source_mode} → {self.target_mode} ({self.cfg.transference.split})"
+        arrays = {"lr": result.lr.numpy(), "target_loss": result.target_loss.numpy(),
+                  "source_loss": result.source_loss.numpy(), "source_mode": source, "target_mode": target,
+                  "alpha": alpha, "step": step, "split": self.cfg.transference.split,
+                  "seed": int(self.cfg.transference.seed)}
+        atomic_write(path, lambda f: np.savez(f, **arrays))
+        label = f"{source} → {target} ({self.cfg.transference.split})"
         histogram = plots.lr_histograms(result.lr.numpy(), folder / f"histogram_step{step}.png",
                                         f"{label}, iteration {step}, α = {alpha:g}")
         steps, fractions = history(folder)
         curve = plots.positive_curve(steps, fractions, folder / "positive_fraction.png", label)
         fraction = result.positive_fraction()
-        summary = {"transference/positive_fraction": fraction.mean().item(),
-                   "transference/lr_median": result.lr.median().item(),
-                   "transference/lr_mean": result.lr.mean().item(),
-                   "transference/target_loss": result.target_loss.mean().item(),
-                   "transference/pairs_per_second": result.lr.numel() / seconds}
+        key = folder_name.replace("/", "_")  # transference, transference_reverse
+        summary = {f"{key}/positive_fraction": fraction.mean().item(),
+                   f"{key}/lr_median": result.lr.median().item(),
+                   f"{key}/lr_mean": result.lr.mean().item(),
+                   f"{key}/target_loss": result.target_loss.mean().item(),
+                   f"{key}/pairs_per_second": result.lr.numel() / seconds}
         # The table first: log_table has no step, and W&B moves its step on after a step-less log, so after
         # anything logged at `step` it would reject the training's own metrics of this iteration.
         rows = [[j, i, float(lr)] for j, row in enumerate(result.lr.tolist()) for i, lr in enumerate(row)]
-        logger.log_table(f"transference/lr_step{step}", ["target", "source", "lr"], rows)
+        logger.log_table(f"{key}/lr_step{step}", ["target", "source", "lr"], rows)
         logger.log(summary, step)
-        logger.log_image("transference/histogram", histogram, step)
-        logger.log_image("transference/positive_fraction_curve", curve, step)
-        tqdm.write(f"transference at iteration {step}: {100 * fraction.mean().item():.1f}% positive "
-                   f"({result.lr.shape[1]} sources × {result.lr.shape[0]} targets, {seconds:.1f} s)")
+        logger.log_image(f"{key}/histogram", histogram, step)
+        logger.log_image(f"{key}/positive_fraction_curve", curve, step)
+        tqdm.write(f"transference {source} → {target} at iteration {step}: {100 * fraction.mean().item():.1f}% "
+                   f"positive ({result.lr.shape[1]} sources × {result.lr.shape[0]} targets, {seconds:.1f} s)")
         return {**summary, "step": step, "alpha": alpha, "path": str(path), "seconds": seconds}
 
 

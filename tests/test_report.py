@@ -83,7 +83,8 @@ def test_transference_grid_of_a_sweep(tmp_path, capsys):
         write(tmp_path / folder, method, "2mode", {"omniglot": [0.9], "miniimagenet": [0.4]})
         (tmp_path / folder / "transference").mkdir()
         for step in (100, 1000):
-            np.savez(tmp_path / folder / "transference" / f"lr_step{step}.npz", lr=np.linspace(0.9, 1.2, 8)[None])
+            np.savez(tmp_path / folder / "transference" / f"lr_step{step}.npz", lr=np.linspace(0.9, 1.2, 8)[None],
+                     source_mode="omniglot", target_mode="miniimagenet", split="test")
     grid = report.transference_by_method(report.find_results([str(tmp_path)]))
     assert list(grid) == ["MAML", "MMAML+KML"] and sorted(grid["MAML"]) == [100, 1000]
     assert grid["MAML"][100].shape == (1, 8)

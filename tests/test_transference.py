@@ -272,6 +272,24 @@ def test_standalone_measurement_of_a_checkpoint_reproduces_the_training_one(trai
     assert_png(tmp_path / "transference" / "histogram_step12.png")
 
 
+def test_reverse_measures_the_other_direction_as_a_swapped_configuration_would(trained, synthetic_root, tmp_path):
+    _, run_dir, _, _ = trained["on"]
+    settings = ["transference.sources=4", "transference.targets=1", "transference.chunk=4", "transference.split=val",
+                f"checkpoint={run_dir / 'last.pt'}"]
+    both = tiny_config(synthetic_root, config_group("transference", "off"), "transference.reverse=true", *settings)
+    transference.run(both, tmp_path / "both", RunLogger(tmp_path / "both", mode="disabled"))
+    swapped = tiny_config(synthetic_root, config_group("transference", "off"), "transference.source_mode=synthetic_shapes",
+                          "transference.target_mode=synthetic_glyphs", *settings)
+    transference.run(swapped, tmp_path / "swapped", RunLogger(tmp_path / "swapped", mode="disabled"))
+    with np.load(tmp_path / "both" / "transference" / "reverse" / "lr_step12.npz") as reverse, \
+            np.load(tmp_path / "swapped" / "transference" / "lr_step12.npz") as direct, \
+            np.load(tmp_path / "both" / "transference" / "lr_step12.npz") as forward:
+        assert (str(reverse["source_mode"]), str(reverse["target_mode"])) == ("synthetic_shapes", "synthetic_glyphs")
+        assert str(forward["source_mode"]) == "synthetic_glyphs"
+        np.testing.assert_allclose(reverse["lr"], direct["lr"], rtol=1e-6)
+    assert_png(tmp_path / "both" / "transference" / "reverse" / "positive_fraction.png")
+
+
 def test_bad_settings_name_the_choices(synthetic_root, tmp_path):
     cfg = tiny_config(synthetic_root, config_group("transference", "on"), "transference.target_mode=fc100")
     with pytest.raises(ConfigError, match="not a mode of benchmark synthetic; choose one of: synthetic_glyphs"):
