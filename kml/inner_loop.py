@@ -36,7 +36,5 @@ def sgd_step(
     for (name, p), g in zip(params.items(), grads, strict=True):
         if clamp is not None:
             g = g.clamp(-clamp, clamp)
-        rate = lr[name] if isinstance(lr, Mapping) else lr
-        # One fused op (and one backward node) for a number: p − α·g without the intermediate α·g.
-        step[name] = p - rate * g if isinstance(rate, torch.Tensor) else torch.add(p, g, alpha=-rate)
+        step[name] = p - (lr[name] if isinstance(lr, Mapping) else lr) * g
     return step

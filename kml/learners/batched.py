@@ -182,13 +182,6 @@ def split(modulation: BatchedModulation, parts: list[slice]) -> list[BatchedModu
     return passes
 
 
-def split_parameters(params: Params, parts: list[slice]) -> list[Params]:
-    """Per-task parameters [T, ...] cut into the passes' tasks (one torch.split each, see `split`)."""
-    sizes = [part.stop - part.start for part in parts]
-    pieces = {name: torch.split(p, sizes) for name, p in params.items()}
-    return [{name: pieces[name][i] for name in params} for i in range(len(parts))]
-
-
 def task_modulation(
     modulator: TaskModulator | None, support_x: torch.Tensor, layers: int
 ) -> BatchedModulation:

@@ -159,36 +159,30 @@ class MAML(Learner):
                 params = self._inner_step(params, loss, create_graph)
         return params
 
-    def _batched_adapt_all(
-        self, support_x: torch.Tensor, support_y: torch.Tensor, modulation: batched.BatchedModulation, steps: int,
-        *, create_graph: bool, detach_start: bool,
-    ) -> Params:
-        """The inner loop of every task, in passes sized by the support images (few: one pass at small
-        images), from the backbone's parameters (fresh leaves with `detach_start`: evaluation)."""
-        parts = self.fast_path.passes(support_x)
-        adapted = []
-        for part, part_modulation in zip(parts, batched.split(modulation, parts), strict=True):
-            with torch.enable_grad():  # as `adapt`: the inner loop differentiates inside a caller's no_grad too
-                start = batched.per_task_parameters(self.backbone, part.stop - part.start, detach=detach_start)
-            adapted.append(self.batched_adapt(support_x[part], support_y[part], part_modulation, steps,
-                                              create_graph=create_graph, params=start))
-        if len(adapted) == 1:
-            return adapted[0]
-        return {name: torch.cat([params[name] for params in adapted]) for name in adapted[0]}
-
     def _batched_meta_loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:
         modulation = batched.task_modulation(self.modulator, batch.support_x, len(self.backbone.blocks))
-        # As in the per-task loop: first order may let the inner loop see the modulation detached.
-        inner_modulation = batched.detach_modulation(modulation) if self.first_order else modulation
-        adapted = self._batched_adapt_all(batch.support_x, batch.support_y, inner_modulation, self.train_steps,
-                                          create_graph=not self.first_order, detach_start=False)
-        # The query sets are larger: their passes are sized by the query images.
         losses, accuracies = [], []
         parts = self.fast_path.passes(batch.query_x)
-        for part, params, part_modulation in zip(parts, batched.split_parameters(adapted, parts),
-                                                 batched.split(modulation, parts), strict=True):
+        for part, part_modulation in zip(parts, batched.split(modulation, parts), strict=True):
+            # As in the per-task loop: first order may let the inner loop see the modulation detached.
+            part_inner = batched.detach_modulation(part_modulation) if self.first_order else part_modulation
+            with torch.enable_grad():  # as `adapt`: the inner loop differentiates inside a caller's no_grad too
+                start = batched.per_task_parameters(self.backbone, part.stop - part.start)
+            params = self.batched_adapt(
+                batch.support_x[part],
+                batch.support_y[part],
+                part_inner,
+                self.train_steps,
+                create_graph=not self.first_order,
+                params=start,
+            )
             logits = self._batched_backbone(
-                self.fast_path, self.backbone, params, batch.query_x[part], part_modulation, twice=False
+                self.fast_path,
+                self.backbone,
+                params,
+                batch.query_x[part],
+                part_modulation,
+                twice=False,
             )
             losses.append(batched.task_losses(logits, batch.query_y[part]))
             accuracies.append(batched.task_accuracies(logits.detach(), batch.query_y[part]))
@@ -198,15 +192,21 @@ class MAML(Learner):
         support_x, support_y = batch.support_x.clone(), batch.support_y.clone()
         with torch.no_grad():
             modulation = batched.task_modulation(self.modulator, support_x, len(self.backbone.blocks))
-        adapted = self._batched_adapt_all(support_x, support_y, modulation, self.test_steps, create_graph=False,
-                                          detach_start=True)
         accuracies = []
         parts = self.fast_path.passes(batch.query_x)
-        with torch.no_grad():
-            for part, params, part_modulation in zip(parts, batched.split_parameters(adapted, parts),
-                                                     batched.split(modulation, parts), strict=True):
+        for part, part_modulation in zip(parts, batched.split(modulation, parts), strict=True):
+            start = batched.per_task_parameters(self.backbone, part.stop - part.start, detach=True)
+            params = self.batched_adapt(
+                support_x[part],
+                support_y[part],
+                part_modulation,
+                self.test_steps,
+                create_graph=False,
+                params=start,
+            )
+            with torch.no_grad():
                 logits = self._batched_backbone(
                     self.fast_path, self.backbone, params, batch.query_x[part], part_modulation, twice=False
                 )
-                accuracies.append(batched.task_accuracies(logits, batch.query_y[part]))
+            accuracies.append(batched.task_accuracies(logits, batch.query_y[part]))
         return torch.cat(accuracies)
