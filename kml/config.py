@@ -17,15 +17,17 @@ from kml.errors import ConfigError
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
-def compose(overrides: list[str] | tuple[str, ...] = (), conf_dir: Path = CONF_DIR) -> DictConfig:
-    """The config `python launch.py *overrides` would run with (without Hydra's runtime node)."""
+def compose(overrides: list[str] | tuple[str, ...] = (), conf_dir: Path = CONF_DIR,
+            return_hydra_config: bool = False) -> DictConfig:
+    """The config `python launch.py *overrides` would run with (with Hydra's own node, e.g. a sweep's
+    parameters, when asked)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()  # compose may run inside another initialised Hydra (tests, notebooks)
     with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides))
+        return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
 # The keys users override, with their types: a structured config (OmegaConf checks the types) plus the

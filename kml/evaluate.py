@@ -87,7 +87,8 @@ def evaluate_and_report(learner, cfg: DictConfig, run_dir: Path, logger: RunLogg
                                device, desc="test")
     results = {**summarise(per_mode, int(cfg.eval.std_ddof)), "method": learner.method_name,
                "benchmark": cfg.benchmark.name, "shot": int(cfg.shot), "way": int(cfg.way),
-               "protocol": cfg.get("protocol", "paper"), "seed": int(cfg.seed), "eval_seed": seed}
+               "protocol": cfg.get("protocol", "paper"), "variant": cfg.get("variant"), "seed": int(cfg.seed),
+               "eval_seed": seed}
     write_test_tasks(run_dir / "test_tasks.npz", per_mode, seed)
     write_results(run_dir / "results.json", results)
     print(f"\n{results['method']} on {results['benchmark']}, {cfg.way}-way {cfg.shot}-shot (test split)")

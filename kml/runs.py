@@ -32,9 +32,10 @@ def setup_name(run: dict) -> str:
 
 
 def label(run: dict) -> str:
-    """The row a run belongs to: its method, marked with its protocol unless it is the paper's."""
-    protocol = run.get("protocol", "paper")
-    return run["method"] if protocol == "paper" else f"{run['method']} [{protocol}]"
+    """The row a run belongs to: its method, marked with its protocol unless it is the paper's, and with
+    its `variant` when it has one (e.g. `ProtoNet [released]`, `ProtoNet [transductive]`)."""
+    marks = [run.get("protocol", "paper"), run.get("variant")]
+    return " ".join([run["method"], *(f"[{m}]" for m in marks if m and m != "paper")])
 
 
 def run_seed(run: dict) -> int:
