@@ -8,8 +8,8 @@ so that it continues on any machine where it stopped.
     python -m kml.study report             rebuild every table and figure under docs/study/ from those files
 
 The runs are the jobs of the sweeps in conf/experiment/study_2mode_*.yaml, each started as
-`launch.py experiment=E <its overrides>` in outputs/study_2mode/<overrides> (so a stopped run resumes there
-from last.pt on the same machine). The small files of a finished run are results.json, test_tasks.npz,
+`launch.py experiment=E <its overrides>` in outputs/study/E/<overrides> (so a stopped run resumes there from
+last.pt on the same machine). The small files of a finished run are results.json, test_tasks.npz,
 metrics.jsonl, .hydra/{overrides,config}.yaml, transference/**/*.npz and timing.json (its wall time).
 """
 
@@ -157,19 +157,20 @@ def run(study: Path, hours: float, workers: int, extra: list[str], commit: bool,
 
     def worker() -> None:
         while (job := next_job()) is not None:
-            run_dir = outputs / job.folder
+            run_dir = outputs / job.experiment / job.folder  # experiments share overrides (and so folder names)
             command = [sys.executable, str(REPO / "launch.py"), f"experiment={job.experiment}", *job.overrides,
-                       *extra, f"hydra.run.dir={run_dir}", "logger.mode=disabled"]
+                       *extra, f'hydra.run.dir="{run_dir}"', "logger.mode=disabled"]  # quoted: the folder has = and ,
             env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_SILENT": "true"}
             started = time.monotonic()
             print(f"study: start {job.experiment} {job.folder}", flush=True)
-            with open(outputs / f"{job.folder}.log", "w") as log:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with open(run_dir.with_name(f"{job.folder}.log"), "w") as log:
                 done = subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
             seconds = time.monotonic() - started
             if done.returncode != 0:
                 failures.append(job)
                 print(f"study: FAILED {job.experiment} {job.folder} (exit {done.returncode}; "
-                      f"see {outputs / (job.folder + '.log')})", flush=True)
+                      f"see {run_dir.with_name(job.folder + '.log')})", flush=True)
                 continue
             with lock:
                 keep_small_files(run_dir, job.small_files(study), seconds)
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="run: one-thread runs side by side")
     parser.add_argument("--no-commit", action="store_true", help="run: leave the finished runs' files uncommitted")
     parser.add_argument("--study-dir", default=str(STUDY_DIR), help="where the small files live (docs/study)")
-    parser.add_argument("--outputs", default=str(REPO / "outputs" / "study_2mode"), help="the runs' own folders")
+    parser.add_argument("--outputs", default=str(REPO / "outputs" / "study"), help="the runs' own folders")
     parser.add_argument("extra", nargs="*", help="run: further overrides for every run (e.g. debug=tiny)")
     args = parser.parse_args(argv)
     study = Path(args.study_dir)

@@ -25,14 +25,16 @@ CLIP = 0.05  # small enough to bind on these tiny tasks (checked below)
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def learner_pair(learner_name: str, modulation: str, *overrides: str, **keys):
+def learner_pair(learner_name: str, modulation: str, *overrides: str, channels: int = 2, **keys):
     """The same float64 learner twice: plain per-task loop and batched (identical parameters)."""
     torch.manual_seed(0)
     keys = {"inner_lr": 0.5, "train_steps": 2, "grad_clip": CLIP, **keys} if learner_name == "maml" else keys
-    loop = build_learner(tiny_config(learner_name, modulation, *overrides, **keys, batched=False)).double()
+    loop = build_learner(tiny_config(learner_name, modulation, *overrides, channels=channels, **keys,
+                                     batched=False)).double()
     if loop.modulator is not None:
         randomise_generator(loop)
-    fast = build_learner(tiny_config(learner_name, modulation, *overrides, **keys, batched=True)).double()
+    fast = build_learner(tiny_config(learner_name, modulation, *overrides, channels=channels, **keys,
+                                     batched=True)).double()
     fast.load_state_dict(loop.state_dict())
     return loop, fast
 
@@ -297,3 +299,31 @@ def test_the_auto_convolution_rule_by_shape():
     assert pick((5, 1280, 4, 4), (10, 256, 128, 3, 3)) == "unfold"  # 2×2 output, support set
     assert pick((75, 640, 8, 8), (10, 128, 64, 3, 3)) == "grouped"
     assert pick((75, 3, 84, 84), (1, 32, 3, 3, 3)) == "grouped"  # one task: a plain convolution
+
+
+# Every switch of the two protocols that changes what is computed (docs/protocols.md), with each modulation.
+PROTOCOL_SWITCHES = {
+    "protonet": [("learner.transductive=released",), ("learner.transductive=corrected",),
+                 ("learner.query_task_embedding=true",),
+                 ("learner.transductive=released", "learner.query_task_embedding=true")],
+    "maml": [("backbone.bn_affine=false",), ("backbone.init=xavier",)],
+}
+KML_SWITCHES = [("modulation.identity=false", "modulation.init=default"), ("modulation.factors=released",)]
+
+
+@pytest.mark.parametrize("learner_name, switches", [(name, s) for name, cases in PROTOCOL_SWITCHES.items()
+                                                    for s in cases])
+@pytest.mark.parametrize("modulation", MODULATIONS)
+def test_the_released_switches_keep_batched_and_per_task_equal(learner_name, switches, modulation):
+    loop, fast = learner_pair(learner_name, modulation, *switches, way=3)
+    batch = random_batch(tasks=3, way=3, shot=2, query=2, dtype=torch.float64)
+    assert_same_meta_step(loop, fast, batch)
+    torch.testing.assert_close(fast.evaluate(batch), loop.evaluate(batch), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("learner_name", LEARNERS)
+@pytest.mark.parametrize("switches", KML_SWITCHES)
+def test_the_released_kml_keeps_batched_and_per_task_equal(learner_name, switches):
+    loop, fast = learner_pair(learner_name, "kml", *switches, channels=4)
+    batch = random_batch(tasks=3, dtype=torch.float64)
+    assert_same_meta_step(loop, fast, batch)

@@ -57,6 +57,10 @@ def test_every_study_run_starts_on_the_real_data(shared_data, tmp_path):
                          outputs=tmp_path / "outputs")
     assert finished == len(study.jobs())
     reverse = list((tmp_path / "study" / "runs").rglob("transference/reverse/lr_step4.npz"))
-    assert len(reverse) == 6  # the six joint models of seed 0, both directions
+    assert len(reverse) == 6 and all("study_2mode_joint/" in str(path) for path in reverse)  # seed 0 only
+    # Every run trained in its own folder: the transductive rows are no joint rows resumed.
+    variants = [json.loads(path.read_text()).get("variant")
+                for path in (tmp_path / "study" / "runs" / "study_2mode_transductive").rglob("results.json")]
+    assert variants == ["transductive"] * 6
     assert study.report(tmp_path / "study") == 0
     assert (tmp_path / "study" / "transference_reverse.png").is_file()
