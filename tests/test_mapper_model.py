@@ -119,7 +119,8 @@ def test_second_order_meta_gradient_differs_from_first_order(tiny_lm):  # noqa: 
 
 
 class ScriptedLM(torch.nn.Module):
-    """A causal LM stub that emits a fixed token script, whatever its input, counting its calls."""
+    """A causal LM stub that emits a fixed token script, whatever its input, counting its calls. It speaks
+    only transformers' current cache API (`cache=` in, `.cache` out), as the real models since 5.24."""
 
     def __init__(self, script, vocab=10, dim=4):
         super().__init__()
@@ -128,12 +129,13 @@ class ScriptedLM(torch.nn.Module):
     def get_input_embeddings(self):
         return self.embed
 
-    def forward(self, inputs_embeds, past_key_values=None, use_cache=True, attention_mask=None):
+    def forward(self, inputs_embeds, cache=None, use_cache=True, attention_mask=None):
         token = self.script[min(self.calls, len(self.script) - 1)]
+        assert cache == (self.calls or None)  # each step hands back the cache the previous one returned
         self.calls += 1
         logits = torch.zeros(inputs_embeds.shape[0], inputs_embeds.shape[1], self.vocab)
         logits[:, -1, token] = 1.0
-        return SimpleNamespace(logits=logits, past_key_values=(past_key_values or 0) + 1)
+        return SimpleNamespace(logits=logits, cache=self.calls)
 
 
 def test_generation_stops_at_eos():
@@ -146,6 +148,8 @@ def test_generation_stops_at_eos():
     assert capped.generate(torch.zeros(1, 3, 4), [""], max_new_tokens=1) == [[5]]
 
 
+# transformers warns (FutureWarning) when the deprecated `past_key_values` argument is passed: an error here.
+@pytest.mark.filterwarnings("error::FutureWarning")
 def test_cached_greedy_generation_equals_recomputing_the_whole_sequence(tiny_lm):  # noqa: F811
     prefix = torch.randn(2, 4, tiny_lm.embed_dim) * embedding_scale(tiny_lm.model)
     found = tiny_lm.generate(prefix, ["this is", "this is"], max_new_tokens=6)
