@@ -29,8 +29,7 @@ def main(cfg: DictConfig) -> dict | None:
     choices = hydra_cfg.runtime.choices
     logger = RunLogger(run_dir, mode=cfg.logger.mode, project=cfg.logger.project, entity=cfg.logger.entity,
                        group=cfg.name, name=hydra_cfg.job.override_dirname or "default",
-                       tags=[cfg.benchmark.name, choices.learner, choices.modulation, f"{cfg.shot}shot",
-                             *cfg.logger.tags],
+                       tags=[*run_tags(cfg, choices), *cfg.logger.tags],
                        config=OmegaConf.to_container(cfg, resolve=True))
     exit_code = 1
     try:
@@ -44,6 +43,14 @@ def main(cfg: DictConfig) -> dict | None:
         sys.exit(2)
     finally:
         logger.finish(exit_code)
+
+
+def run_tags(cfg: DictConfig, choices) -> list[str]:
+    """W&B tags naming a run's method and setup; a mapper run has no benchmark, learner or modulation."""
+    if cfg.task.name == "mapper":
+        from kml.mapper.run import logger_tags
+        return logger_tags(cfg)
+    return [cfg.benchmark.name, choices.learner, choices.modulation, f"{cfg.shot}shot"]
 
 
 def task_runner(name: str):
