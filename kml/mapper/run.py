@@ -116,7 +116,7 @@ def run(cfg: DictConfig, run_dir: Path, logger: RunLogger) -> dict:
                "shot": int(cfg.shot), "way": int(cfg.way), "vision": cfg.vision.name, "lm": cfg.lm.name}
     write_results(run_dir / "results.json", results)
     print(f"\n{results['method']} on {name}, {cfg.way}-way {cfg.shot}-shot, {summary['accuracy']['n']} tasks")
-    print("                     name match        exact match")
+    print(f"{'':<20}{'name match':>14}    {'exact match':>14}")
     for label, key in ((f"adapted ({learner.test_steps} steps)", "accuracy"), ("0 steps", "accuracy_0step")):
         print(f"{label:<20}" + "    ".join(f"{100 * summary[k]['mean']:6.2f} ± {100 * summary[k]['ci95']:5.2f}"
                                            for k in (key, f"{key}_exact")))
