@@ -49,11 +49,15 @@ def head_layout(visual_dim: int, embed_dim: int, heads: int, layout: str = "pape
     """(width of one head, the attention's divisor) of a `layout`; ValueError when the widths do not fit."""
     if layout not in HEAD_LAYOUTS:
         raise ValueError(f"mapper head_layout={layout!r} is not valid; choose one of: {', '.join(HEAD_LAYOUTS)}")
-    width = embed_dim // heads if layout == "paper" else visual_dim // heads
-    if width == 0 or embed_dim % width or (layout == "paper" and embed_dim % heads):
+    if layout == "paper":
+        width, scale, fits = embed_dim // heads, math.sqrt(embed_dim // heads), embed_dim % heads == 0
+    else:  # the released code sizes heads by the visual width but splits the LM-wide projections
+        width, scale = visual_dim // heads, math.sqrt(visual_dim)
+        fits = width > 0 and embed_dim % width == 0
+    if not fits:
         raise ValueError(f"mapper heads={heads} with head_layout={layout} does not split the LM embedding size "
                          f"{embed_dim} (visual size {visual_dim}) into equal heads")
-    return width, math.sqrt(width if layout == "paper" else visual_dim)
+    return width, scale
 
 
 class MetaMapper(nn.Module):

@@ -44,8 +44,8 @@ def caption_template(captions: Sequence[str]) -> list[str]:
     return shared[:min(map(len, words)) - 1]
 
 
-def name(text: str, template: Sequence[str]) -> str:
-    """`text` normalised, less the caption template when it begins with it."""
+def strip_template(text: str, template: Sequence[str]) -> str:
+    """`text` normalised, less the caption template when it begins with it: the name it says."""
     words = normalise(text).split()
     return " ".join(words[len(template):] if words[:len(template)] == list(template) else words)
 
@@ -55,4 +55,4 @@ def exact_match(prediction: str, answer: str) -> bool:
 
 
 def name_match(prediction: str, answer: str, template: Sequence[str]) -> bool:
-    return name(prediction, template) == name(answer, template)
+    return strip_template(prediction, template) == strip_template(answer, template)
