@@ -37,8 +37,8 @@ class MapperMAML(nn.Module):
         self.inner_lr, self.train_steps, self.test_steps = inner_lr, train_steps, test_steps
         self.first_order = first_order
         self.query_loss_from_step = train_steps if query_loss_from_step is None else query_loss_from_step
-        if not 1 <= self.query_loss_from_step <= train_steps:
-            raise ValueError(f"query_loss_from_step={query_loss_from_step} is not an inner step (1..{train_steps})")
+        if not 0 <= self.query_loss_from_step <= train_steps:  # 0: the mapper before adaptation
+            raise ValueError(f"query_loss_from_step={query_loss_from_step} is not an inner step (0..{train_steps})")
         self.max_grad_norm = max_grad_norm
         if not first_order:
             # Second order differentiates through the LM's backward pass; fused attention kernels have no
