@@ -38,8 +38,7 @@ def main(cfg: DictConfig) -> dict | None:
         lock.acquire()  # a second job on this folder stops here, before it writes metrics or checkpoints
         logger = RunLogger(run_dir, mode=cfg.logger.mode, project=cfg.logger.project, entity=cfg.logger.entity,
                            group=cfg.name, name=hydra_cfg.job.override_dirname or "default",
-                           tags=[cfg.benchmark.name, choices.learner, choices.modulation, f"{cfg.shot}shot",
-                                 *cfg.logger.tags],
+                           tags=[*run_tags(cfg, choices), *cfg.logger.tags],
                            config=OmegaConf.to_container(cfg, resolve=True))
         results = run(cfg, run_dir, logger)
         exit_code = 0
@@ -59,6 +58,14 @@ def stop(err: Exception, mode: RunMode) -> None:
     if mode == RunMode.MULTIRUN:
         raise err
     sys.exit(2)
+
+
+def run_tags(cfg: DictConfig, choices) -> list[str]:
+    """W&B tags naming a run's method and setup; a mapper run has no benchmark, learner or modulation."""
+    if cfg.task.name == "mapper":
+        from kml.mapper.run import logger_tags
+        return logger_tags(cfg)
+    return [cfg.benchmark.name, choices.learner, choices.modulation, f"{cfg.shot}shot"]
 
 
 def task_runner(name: str):

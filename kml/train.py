@@ -12,13 +12,7 @@ from kml.evaluate import evaluate_and_report, summarise, task_accuracies
 from kml.learners import build_learner, build_optimizer, describe, load_learner
 from kml.logger import RunLogger
 from kml.loop import MetaTraining, meta_train
-from kml.runtime import (  # noqa: F401  (the seed offsets are re-exported for kml.mapper.run)
-    TEST_SEED_OFFSET,
-    VAL_SEED_OFFSET,
-    pick_device,
-    seed_everything,
-    use_allocated_cpus,
-)
+from kml.runtime import VAL_SEED_OFFSET, pick_device, seed_everything, use_allocated_cpus
 from kml.transference import Transference
 
 

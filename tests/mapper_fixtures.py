@@ -55,9 +55,10 @@ def write_coco(root: Path, categories: int = 3, images_per_category: int = 4) ->
             name = f"{image_id:012d}.jpg"
             write_image(root / "train2017" / name, (60 * c, 40 * i, 90))
             images.append({"id": image_id, "file_name": name, "height": 16, "width": 16})
-            captions += [{"id": 10 * image_id + k, "image_id": image_id, "caption": f"A thing {c} seen {k}."}
+            captions += [{"id": 10 * image_id + k, "image_id": image_id, "caption": f"A thing {c} seen {k}, view {i}."}
                          for k in range(2)]
-            # A stray second-category box: the dominant (most frequent) category must win.
+            # A stray second-category box, last: the dominant (most frequent) category must win, unless
+            # the released rule (the last annotation's category) is asked for.
             instances += [{"id": 3 * image_id + k, "image_id": image_id, "category_id": c + 1,
                            "bbox": [0, 0, 4, 4], "area": 16, "iscrowd": 0} for k in range(2)]
             instances.append({"id": 3 * image_id + 2, "image_id": image_id, "category_id": (c + 1) % categories + 1,
@@ -72,8 +73,10 @@ def write_coco(root: Path, categories: int = 3, images_per_category: int = 4) ->
 
 
 def write_frozen(source: Path, folder: str = "open_ended_mi", way: int = 2, shot: int = 1, tasks: int = 3,
-                 question: str = "what is this?") -> Path:
-    """A Frozen benchmark folder: <folder>_shots_K_ways_N_all_questions.json and its jpg images."""
+                 question: str = "what is this?", answers: str = "caption") -> Path:
+    """A Frozen benchmark folder: <folder>_shots_K_ways_N_all_questions.json and its jpg images. The
+    support captions are "this is a <name>"; the answer is the full caption (`answers="caption"`) or the
+    bare name ("name", as the released files)."""
     base = source / folder
     entries = []
     for x in range(tasks):
@@ -85,7 +88,8 @@ def write_frozen(source: Path, folder: str = "open_ended_mi", way: int = 2, shot
             entry[f"image_{i + 1}"], entry[f"caption_{i + 1}"] = image, f"this is a {names[i % way]}"
         entry["question_image"] = f"{folder}_shots_{shot}_ways_{way}_id_{x}_question.jpg"
         write_image(base / entry["question_image"], (0, 50, 50))
-        entry["question"], entry["answer"] = question, f"this is a {names[0]}"
+        entry["question"] = question
+        entry["answer"] = {"caption": f"this is a {names[0]}", "name": names[0]}[answers]
         entries.append(entry)
     path = base / f"{folder}_shots_{shot}_ways_{way}_all_questions.json"
     path.write_text(json.dumps(entries))

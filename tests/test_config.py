@@ -95,3 +95,12 @@ def test_an_unknown_protocol_names_the_valid_ones(synthetic_root, tmp_path):
     done = launch(tiny_overrides(synthetic_root) + ["protocol=mine", f"hydra.run.dir={tmp_path}"])
     assert done.returncode != 0 and "Could not find 'protocol/mine'" in done.stderr
     assert "paper" in done.stderr and "released" in done.stderr
+
+
+def test_the_meta_mappers_python_defaults_equal_its_yaml():
+    from kml.mapper.maml import MapperMAML
+
+    maml = composed("task=mapper").task.maml
+    parameters = inspect.signature(MapperMAML).parameters
+    checked = [key for key in ("inner_lr", "train_steps", "test_steps", "first_order") if key in parameters]
+    assert checked and all(parameters[key].default == maml[key] for key in checked)

@@ -1,5 +1,5 @@
 """Mapper data: COCO and Frozen-format loaders on generated files in the official formats, the feature
-cache, the synthetic family, the exact-match metric and the one-line errors."""
+cache, the synthetic family, answer scoring (exact and name match) and the one-line errors."""
 import json
 
 import numpy as np
@@ -8,7 +8,7 @@ import torch
 
 from kml.data.errors import DataError
 from kml.mapper import coco, encoders, features, frozen_bench, novel_names, sources
-from kml.mapper.metrics import accuracy, exact_match, normalise
+from kml.mapper.metrics import caption_template, exact_match, name_match, normalise
 from tests.mapper_fixtures import mapper_config, single_thread, write_coco, write_frozen  # noqa: F401
 
 
@@ -30,11 +30,45 @@ def test_exact_match_hand_cases(prediction, answer, expected):
     assert exact_match(prediction, answer) is expected
 
 
-def test_accuracy_and_normalisation():
+def test_normalisation():
     assert normalise("The Red, round ball!") == "red round ball"
-    assert accuracy(["dax", "wug", "this is a fep"], ["a dax", "dax", "this is fep."]) == pytest.approx(2 / 3)
-    with pytest.raises(ValueError):
-        accuracy(["dax"], [])
+
+
+@pytest.mark.parametrize("captions, template", [
+    (["this is a dax", "This is a blicket."], ["this", "is"]),            # articles are normalised away
+    (["this is a golden retriever", "this is a labrador retriever"], ["this", "is"]),  # beginnings only
+    (["this is a dax", "this is a dax dax"], ["this", "is"]),             # a name is never all template
+    (["a man riding a horse", "two dogs on grass"], []),                  # COCO-like: nothing shared
+    (["this is a dax"], []),                                              # one caption: no telling
+])
+def test_caption_template_is_the_shared_beginning(captions, template):
+    assert caption_template(captions) == template
+
+
+SUPPORT = ["this is a dax", "this is a blicket"]
+
+
+@pytest.mark.parametrize("prediction, answer, expected", [
+    ("this is a dax", "dax", True),              # a bare-name answer (the released Frozen files)
+    ("this is a dax", "this is a dax", True),    # a full-caption answer
+    ("This is a Dax.", "a dax", True),
+    ("dax", "dax", True),                        # a generated bare name
+    ("dax", "this is a dax", True),
+    ("this is a dax dax", "dax", False),         # the whole name, not a prefix of it
+    ("this is a blicket", "dax", False),
+    ("that is a dax", "dax", False),             # only the support's template is removed
+    ("this is", "dax", False),
+    ("", "dax", False),
+])
+def test_name_match_hand_cases(prediction, answer, expected):
+    assert name_match(prediction, answer, caption_template(SUPPORT)) is expected
+
+
+def test_multi_word_names_and_no_template():
+    template = caption_template(["this is a golden retriever", "this is a labrador retriever"])
+    assert name_match("this is a golden retriever", "golden retriever", template)
+    assert not name_match("this is a labrador retriever", "golden retriever", template)
+    assert name_match("A man riding.", "a man riding", []) and not name_match("man", "a man riding", [])
 
 
 def test_coco_reader_groups_images_by_dominant_category(tmp_path):
@@ -42,9 +76,12 @@ def test_coco_reader_groups_images_by_dominant_category(tmp_path):
     data = coco.read_coco(source)
     assert len(data.files) == 12 and all(f.is_file() for f in data.files)
     assert data.category == [f"cat{c}" for c in range(3) for _ in range(4)]  # not the stray box's category
-    assert data.captions[0] == ["A thing 0 seen 0.", "A thing 0 seen 1."]
+    assert data.captions[0] == ["A thing 0 seen 0, view 0.", "A thing 0 seen 1, view 0."]
     assert data.split == ["train"] * 12  # no image id is divisible by 50
     assert len(coco.read_coco(source, max_images=5).files) == 5
+    # The released rule: the last annotation's category, here each image's stray box.
+    released = coco.read_coco(source, category="last_annotation")
+    assert released.category == [f"cat{(c + 1) % 3}" for c in range(3) for _ in range(4)]
 
 
 @pytest.mark.parametrize("damage, words", [
@@ -138,6 +175,26 @@ def test_coco_episodes_pair_cached_features_with_their_captions(tmp_path):
     assert task.support.shape == (2, 1, 32) and task.query.shape == (4, 1, 32)
     assert all(t.startswith("A thing") for t in task.support_text + task.query_answer)
     assert task.support_text == episodes.task(0).support_text  # a task is a function of (seed, index)
+
+
+@pytest.mark.parametrize("sampling", ["images", "caption_pairs"])
+def test_coco_tasks_show_each_image_with_its_own_captions(tmp_path, sampling):
+    source = write_coco(tmp_path / "coco", categories=3, images_per_category=4)
+    cfg = mapper_config([f"data.root={tmp_path}", "way=2", "shot=1shot", f"task.coco.source={source}",
+                         f"task.coco.sampling={sampling}"])
+    episodes = sources.training_episodes(cfg, "train", 2, seed=0, device=torch.device("cpu"))
+    data = coco.read_coco(source)
+    cached = torch.from_numpy(np.asarray(episodes.features, dtype=np.float32))
+    repeats = 0
+    for index in range(20):
+        task = episodes.task(index)
+        shown = [(f, t) for f, t in zip(task.support, task.support_text, strict=True)]
+        shown += [(f, t) for f, t in zip(task.query, task.query_answer, strict=True)]
+        rows = [int((cached == f).all(-1).all(-1).nonzero()[0]) for f, _ in shown]
+        assert all(text in data.captions[row] for row, (_, text) in zip(rows, shown, strict=True))
+        repeats += len(rows) - len(set(rows))
+    # Over pairs an image can recur in a task under another caption (the released sampling); never over images.
+    assert (repeats > 0) == (sampling == "caption_pairs")
 
 
 def test_frozen_tasks_put_the_question_in_the_prompt_for_vqa_only(tmp_path):

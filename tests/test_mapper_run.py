@@ -1,9 +1,11 @@
 """The mapper runner end to end, without downloads: meta-train on the synthetic novel-name family with a
-frozen tiny LM, evaluate by exact match, resume exactly, evaluate a checkpoint on a Frozen-format file."""
+frozen tiny LM, evaluate by name and exact match, resume exactly, evaluate a checkpoint on Frozen-format
+files (1 and 3 shots, answers as captions and as bare names)."""
 import json
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
 from kml import checkpoint
 from kml.logger import RunLogger
@@ -12,9 +14,9 @@ from tests.mapper_fixtures import ROOT, mapper_config, single_thread, write_froz
 from tests.runs import launch
 
 # 2-way 1-shot, novel classes at test time; a few seconds of meta-training on a CPU.
-TINY = ["way=2", "shot=1shot", "task.train_data=novel_names", "task.eval_data=novel_names",
-        "task.novel_names.image_size=32", "task.mapper.heads=4", "task.threads=1", "train.query=2",
-        "train.log_every=10", "train.val_tasks_per_mode=4", "eval.query=3", "logger.mode=disabled"]
+TINY = ["way=2", "task.train_data=novel_names", "task.eval_data=novel_names", "task.novel_names.image_size=32",
+        "task.mapper.heads=4", "train.query=2", "train.log_every=10", "train.val_tasks_per_mode=4",
+        "eval.query=3", "logger.mode=disabled"]
 
 
 def run_mapper(run_dir, overrides):
@@ -55,8 +57,10 @@ def test_results_follow_the_runner_contract(trained):
     assert results["method"] == "MetaMapper (tiny+tiny)" and results["benchmark"] == "novel_names"
     assert (results["way"], results["shot"]) == (2, 1)
     assert set(results["per_mode"]) == {"novel_names"} == set(results["per_mode_0step"])
-    for summary in (results["overall"], results["overall_0step"]):
-        assert set(summary) == {"mean", "ci95", "n"} and 0.0 <= summary["mean"] <= 1.0
+    for key in ("overall", "overall_0step", "overall_exact", "overall_0step_exact"):
+        assert set(results[key]) == {"mean", "ci95", "n"} and 0.0 <= results[key]["mean"] <= 1.0
+    # Exact match of the whole caption is never more lenient than name match.
+    assert results["overall_exact"]["mean"] <= results["overall"]["mean"]
     assert {"best.pt", "last.pt", "metrics.jsonl", "predictions.jsonl"} <= {p.name for p in run_dir.iterdir()}
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert any("train/loss" in line for line in lines) and any("val/accuracy" in line for line in lines)
@@ -77,6 +81,28 @@ def test_eval_only_on_a_frozen_format_benchmark(trained, tmp_path):
     assert not (tmp_path / "eval" / "last.pt").exists()
 
 
+def test_both_answer_forms_score_alike_by_name_at_three_shots(trained, tmp_path):
+    root, run_dir, _ = trained
+    results = {}
+    for answers in ("caption", "name"):
+        write_frozen(tmp_path / answers, "open_ended_mi", way=2, shot=3, tasks=4, answers=answers)
+        results[answers] = run_mapper(tmp_path / f"eval_{answers}", [
+            f"data.root={root}", "shot=3shot", "task.eval_data=open_ended_mi", f"task.frozen.source={tmp_path / answers}",
+            "eval_only=true", f"checkpoint={run_dir / 'best.pt'}"])
+    caption, name = results["caption"], results["name"]
+    assert (caption["shot"], caption["overall"]["n"]) == (3, 4)
+    # The same predictions: by name the two forms score alike, whatever the mapper generates.
+    assert caption["overall"] == name["overall"] and caption["overall_0step"] == name["overall_0step"]
+
+
+@pytest.mark.parametrize("shot", [1, 3, 5])
+@pytest.mark.parametrize("task", ["fewshot", "mapper"])
+def test_every_frozen_shot_count_composes_for_both_tasks(task, shot):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"task={task}", f"shot={shot}shot"])
+    assert cfg.shot == shot and cfg.task.name == task
+
+
 def test_resumed_training_equals_uninterrupted_training(trained, tmp_path):
     root = trained[0]
     common = [f"data.root={root}", "train.val_every=3", "train.checkpoint_every=1", "eval.tasks_per_mode=2"]
@@ -91,8 +117,17 @@ def test_resumed_training_equals_uninterrupted_training(trained, tmp_path):
 @pytest.mark.skipif("task:" not in (ROOT / "conf" / "config.yaml").read_text(),
                     reason="conf/config.yaml does not list the task group yet")
 def test_launch_py_runs_task_mapper(tmp_path):
-    done = launch(["task=mapper", "vision=tiny", "lm=tiny", *TINY, "lm.random.pretrain_steps=20",
+    done = launch(["task=mapper", "vision=tiny", "lm=tiny", *TINY, "shot=3shot", "lm.random.pretrain_steps=20",
                    "train.iterations=2", "train.val_every=2",
                    "eval.tasks_per_mode=2", f"data.root={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}"])
     assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads((tmp_path / "run" / "results.json").read_text())["benchmark"] == "novel_names"
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert (results["benchmark"], results["shot"]) == ("novel_names", 3)
+
+
+def test_mapper_runs_are_tagged_as_mapper_runs():
+    from launch import run_tags
+
+    cfg = mapper_config(TINY + ["task.protocol=released"])
+    assert run_tags(cfg, choices=None) == ["mapper", "novel_names", "novel_names", "tiny", "tiny", "2way",
+                                           "1shot", "released_protocol"]

@@ -18,7 +18,8 @@ from kml.data.episodes import Batch
 from kml.errors import ConfigError
 from kml.learners import build_learner
 from kml.logger import RunLogger
-from kml.train import pick_device, train
+from kml.runtime import pick_device
+from kml.train import train
 from tests import configs
 from tests.runs import compose, tiny_overrides
 

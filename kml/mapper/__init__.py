@@ -5,10 +5,10 @@ small mapper, the only learned part, meta-trained with MAML on captioning tasks 
 Modules, one job each:
     encoders      frozen CLIP vision / causal LM from a folder, a package or the hub; one-line errors
     tiny          tiny stand-ins of both built from transformers configs, for CPU runs and tests
-    mapper        MetaMapper (prefix tokens + set attention over visual tokens) and its parameter count
+    mapper        MetaMapper (prefix tokens + set attention over visual tokens), its switches, parameter count
     frozen_lm     prefix-conditioned caption loss and greedy generation that stops at EOS
     maml          MAML on the mapper only (first / second order), 0-step and adapted evaluation
-    metrics       exact-match accuracy of generated answers
+    metrics       name match and exact match of generated answers (bare-name or caption answers)
     coco, frozen_bench, novel_names   the data: COCO captions, Frozen benchmarks, a synthetic family
     features      visual features computed once and cached
     episodes, sources                 tasks from cached features, chosen by the config

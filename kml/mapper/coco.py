@@ -8,8 +8,10 @@
 
 A task is N categories with K + Q images each, every image shown with one of its captions, as the
 paper's episodic COCO training. An image belongs to the category with the most instance annotations
-in it (ties: the lower category id); images without instances are not used. Validation tasks come from
-a fixed hold-out of train2017 (image id divisible by 50, about 2%), so val2017 is not needed.
+in it (ties: the lower category id), or with `category="last_annotation"` to the category of its last
+annotation in the file (the released code's rule: it keeps overwriting); images without instances are
+not used. Validation tasks come from a fixed hold-out of train2017 (image id divisible by 50, about 2%),
+so val2017 is not needed.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from kml.data.errors import DataError
 
 LAYOUT = "SOURCE/annotations/captions_train2017.json, SOURCE/annotations/instances_train2017.json, SOURCE/train2017/"
 HOLDOUT_EVERY = 50
+CATEGORY_RULES = ("dominant", "last_annotation")
 
 
 @dataclass
@@ -45,7 +48,9 @@ def _read_json(path: Path, what: str) -> dict:
     return data
 
 
-def read_coco(source: str | Path, max_images: int | None = None) -> CocoCaptions:
+def read_coco(source: str | Path, max_images: int | None = None, category: str = "dominant") -> CocoCaptions:
+    if category not in CATEGORY_RULES:
+        raise DataError(f"task.coco.category={category!r} is not valid; choose one of: {', '.join(CATEGORY_RULES)}")
     source = Path(source)
     captions_file = source / "annotations" / "captions_train2017.json"
     instances_file = source / "annotations" / "instances_train2017.json"
@@ -57,9 +62,10 @@ def read_coco(source: str | Path, max_images: int | None = None) -> CocoCaptions
         by_image = defaultdict(list)
         for a in captions["annotations"]:
             by_image[int(a["image_id"])].append(" ".join(str(a["caption"]).split()))
-        counts = defaultdict(Counter)
+        counts, last = defaultdict(Counter), {}
         for a in instances["annotations"]:
             counts[int(a["image_id"])][int(a["category_id"])] += 1
+            last[int(a["image_id"])] = int(a["category_id"])
         names = {int(c["id"]): str(c["name"]) for c in instances.get("categories", [])}
         files = {int(im["id"]): im["file_name"] for im in captions["images"]}
     except (KeyError, TypeError, ValueError) as err:
@@ -69,7 +75,8 @@ def read_coco(source: str | Path, max_images: int | None = None) -> CocoCaptions
     for image_id in sorted(files):
         if not by_image.get(image_id) or not counts.get(image_id):
             continue
-        top = max(counts[image_id].items(), key=lambda kv: (kv[1], -kv[0]))[0]
+        top = last[image_id] if category == "last_annotation" else \
+            max(counts[image_id].items(), key=lambda kv: (kv[1], -kv[0]))[0]
         if top not in names:
             raise DataError(f"{instances_file}: category id {top} is not in its 'categories' list")
         out.files.append(source / "train2017" / files[image_id])

@@ -28,12 +28,15 @@ def gather(features: np.ndarray, rows: Sequence[int]) -> torch.Tensor:
 
 
 class ClassEpisodes:
-    """N classes, K support + Q query images each. `caption(rng, row, name)` gives an image's text, where
-    `name` is the task's name for its class (from `names`, drawn afresh per task) or None."""
+    """N classes, K support + Q query items each. An item is a feature row, or with `feature_rows` an index
+    into it (e.g. one item per (image, caption) pair, several sharing an image). `caption(rng, item, name)`
+    gives an item's text, where `name` is the task's name for its class (from `names`, drawn afresh per
+    task) or None."""
 
     def __init__(self, features: np.ndarray, rows_by_class: dict[str, np.ndarray], way: int, shot: int,
                  query: int, seed: int, caption: Callable[[np.random.Generator, int, str | None], str],
-                 names: Sequence[str] | None = None, what: str = "dataset"):
+                 names: Sequence[str] | None = None, what: str = "dataset",
+                 feature_rows: np.ndarray | None = None):
         usable = {c: r for c, r in rows_by_class.items() if len(r) >= shot + query}
         if len(usable) < way:
             raise DataError(f"{what}: only {len(usable)} classes have {shot + query} images (shot + query), "
@@ -41,9 +44,12 @@ class ClassEpisodes:
         if names is not None and len(names) < way:
             raise DataError(f"{what}: {len(names)} names cannot label a {way}-way task")
         self.features, self.classes = features, sorted(usable)
-        self.rows = usable
+        self.rows, self.feature_rows = usable, feature_rows
         self.way, self.shot, self.query, self.seed = way, shot, query, seed
         self.caption, self.names = caption, names
+
+    def _features(self, items: Sequence[int]) -> torch.Tensor:
+        return gather(self.features, items if self.feature_rows is None else self.feature_rows[list(items)])
 
     def task(self, index: int) -> Task:
         rng = np.random.default_rng([self.seed, index])
@@ -57,9 +63,8 @@ class ClassEpisodes:
             query += [(int(r), name) for r in rows[self.shot:]]
         order = rng.permutation(len(support))  # no class order for the inner loop to lean on
         support = [support[i] for i in order]
-        return Task(gather(self.features, [r for r, _ in support]),
-                    [self.caption(rng, r, n) for r, n in support],
-                    gather(self.features, [r for r, _ in query]), [""] * len(query),
+        return Task(self._features([r for r, _ in support]), [self.caption(rng, r, n) for r, n in support],
+                    self._features([r for r, _ in query]), [""] * len(query),
                     [self.caption(rng, r, n) for r, n in query])
 
 

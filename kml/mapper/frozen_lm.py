@@ -2,7 +2,8 @@
 
 A sequence is [visual prefix (L embeddings)] [prompt tokens] [target tokens + EOS]; only target tokens
 (EOS included, so the model learns where to stop) carry loss. Generation is greedy and stops at EOS,
-per sequence, which the reference implementation did not do.
+per sequence, which the reference implementation did not do. Decoding reuses the key/value cache through
+transformers' `cache` argument (5.24 on; the older `past_key_values` name goes in 5.40).
 """
 from __future__ import annotations
 
@@ -87,8 +88,8 @@ class FrozenLM:
         done = torch.zeros(len(prefix), dtype=torch.bool, device=prefix.device)
         generated, cache = [], None
         for _ in range(max_new_tokens):
-            result = self.model(inputs_embeds=inputs, past_key_values=cache, use_cache=True)
-            cache = result.past_key_values
+            result = self.model(inputs_embeds=inputs, cache=cache, use_cache=True)
+            cache = result.cache
             token = result.logits[:, -1].argmax(-1)
             token = torch.where(done, torch.full_like(token, self.eos), token)
             generated.append(token)

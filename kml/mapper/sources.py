@@ -41,25 +41,38 @@ def _novel_name_episodes(cfg, split: str, query: int, seed: int, device) -> Clas
                          what=f"novel_names/{split}")
 
 
+COCO_SAMPLING = ("images", "caption_pairs")
+
+
 @lru_cache(maxsize=2)  # train and val tasks come from one read of the (large) annotation files
-def _read_coco(source: str, max_images: int | None) -> coco.CocoCaptions:
-    return coco.read_coco(source, max_images)
+def _read_coco(source: str, max_images: int | None, category: str) -> coco.CocoCaptions:
+    return coco.read_coco(source, max_images, category)
 
 
 def _coco_episodes(cfg, split: str, query: int, seed: int, device) -> ClassEpisodes:
+    """Tasks over images (each shown with one of its captions, drawn per task) or, with
+    `task.coco.sampling=caption_pairs`, over (caption, image) pairs as the released code samples them."""
     spec = cfg.task.coco
-    data = _read_coco(str(spec.source), spec.get("max_images"))
+    if spec.sampling not in COCO_SAMPLING:
+        raise DataError(f"task.coco.sampling={spec.sampling!r} is not valid; choose one of: {', '.join(COCO_SAMPLING)}")
+    data = _read_coco(str(spec.source), spec.get("max_images"), spec.category)
     source = Path(spec.source)
     keys = [str(f.relative_to(source)) for f in data.files]
     features = cached_features(cfg.data.root, "coco_train2017", cfg.vision, keys,
                                lambda rows: [open_image(data.files[r]) for r in rows], device)
-    rows = defaultdict(list)
-    for row, (category, image_split) in enumerate(zip(data.category, data.split, strict=True)):
-        if image_split == split:
-            rows[category].append(row)
-    caption = lambda rng, row, name: data.captions[row][int(rng.integers(len(data.captions[row])))]  # noqa: E731
-    return ClassEpisodes(features, {c: np.array(r) for c, r in rows.items()}, int(cfg.way), int(cfg.shot),
-                         query, seed, caption, what=f"COCO {split}")
+    if spec.sampling == "caption_pairs":
+        pairs = [(row, text) for row, texts in enumerate(data.captions) for text in texts]
+        image_of = np.array([row for row, _ in pairs])
+        caption = lambda rng, pair, name: pairs[pair][1]  # noqa: E731
+    else:
+        image_of = np.arange(len(data.files))
+        caption = lambda rng, row, name: data.captions[row][int(rng.integers(len(data.captions[row])))]  # noqa: E731
+    items = defaultdict(list)
+    for item, row in enumerate(image_of):
+        if data.split[row] == split:
+            items[data.category[row]].append(item)
+    return ClassEpisodes(features, {c: np.array(r) for c, r in items.items()}, int(cfg.way), int(cfg.shot),
+                         query, seed, caption, what=f"COCO {split}", feature_rows=image_of)
 
 
 def training_episodes(cfg, split: str, query: int, seed: int, device: torch.device) -> ClassEpisodes:
