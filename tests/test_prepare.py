@@ -301,6 +301,6 @@ def test_cli_lists_valid_datasets_for_an_unknown_name(capsys):
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert "invalid choice: 'imagenet'" in err and all(n in err for n in ("omniglot", "fc100", "aircraft", "folder"))
-    with pytest.raises(DataError, match="unknown dataset 'imagenet'; choose one of: aircraft, cub, fc100, miniimagenet, "
-                                        "omniglot$"):
+    with pytest.raises(DataError, match="unknown dataset 'imagenet'; choose one of: aircraft, aircraft_banner, cub, "
+                                        "fc100, miniimagenet, omniglot$"):
         prepare("imagenet", "anything")
