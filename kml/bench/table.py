@@ -41,7 +41,7 @@ def format_table(results: list[dict], ceiling: float) -> list[str]:
                 f"{r['tasks_per_s']:.1f}",
                 f"{r['peak_mb']:.0f}",
                 f"{r['gflop']:.3g}",
-                f"{r['flops_per_s'] / 1e9:.1f}",
+                f"{r['flops_per_s'] / 1e9:.3g}",  # 3 digits: --quick rows are a fraction of a GFLOP/s
                 f"{r['flops_per_s'] / ceiling:.1%}",
                 "-" if ratio is None else f"{ratio / r['ms']:.2f}x",
             ]
