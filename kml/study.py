@@ -75,8 +75,9 @@ def jobs(experiments: tuple[str, ...] = EXPERIMENTS) -> list[Job]:
 
 def estimate(job: Job, study: Path, done: list[Job]) -> float:
     """Seconds: the mean wall time of finished runs of the same kind, else the per-iteration table."""
-    seen = [json.loads((j.small_files(study) / "timing.json").read_text())["seconds"]
-            for j in done if j.kind == job.kind and (j.small_files(study) / "timing.json").is_file()]
+    timings = [json.loads((j.small_files(study) / "timing.json").read_text())
+               for j in done if j.kind == job.kind and (j.small_files(study) / "timing.json").is_file()]
+    seen = [t["seconds"] for t in timings if not t.get("resumed")]  # a resumed run's time is only its last part
     if seen:
         return sum(seen) / len(seen)
     cfg = compose([f"experiment={job.experiment}", *job.overrides])
@@ -96,8 +97,9 @@ def write_plan(study: Path, all_jobs: list[Job]) -> str:
     for job in all_jobs:
         timing = job.small_files(study) / "timing.json"
         if job.done(study):
-            minutes = json.loads(timing.read_text())["seconds"] / 60 if timing.is_file() else float("nan")
-            lines.append(f"| {job.experiment} | {job.folder} | done | {minutes:.0f} |")
+            took = json.loads(timing.read_text()) if timing.is_file() else {"seconds": float("nan")}
+            state = "done (resumed: minutes of the last part)" if took.get("resumed") else "done"
+            lines.append(f"| {job.experiment} | {job.folder} | {state} | {took['seconds'] / 60:.0f} |")
         else:
             seconds = estimate(job, study, done)
             left += seconds
@@ -110,7 +112,7 @@ def write_plan(study: Path, all_jobs: list[Job]) -> str:
     return summary
 
 
-def keep_small_files(run_dir: Path, target: Path, seconds: float) -> None:
+def keep_small_files(run_dir: Path, target: Path, seconds: float, resumed: bool) -> None:
     target.mkdir(parents=True, exist_ok=True)
     for name in SMALL_FILES:
         if (run_dir / name).is_file():
@@ -120,7 +122,7 @@ def keep_small_files(run_dir: Path, target: Path, seconds: float) -> None:
         destination = target / npz.relative_to(run_dir)
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(npz, destination)
-    (target / "timing.json").write_text(json.dumps({"seconds": round(seconds, 1)}))
+    (target / "timing.json").write_text(json.dumps({"seconds": round(seconds, 1), "resumed": resumed}))
 
 
 def commit_files(paths: list[Path], message: str, attempts: int = 5) -> None:
@@ -161,6 +163,7 @@ def run(study: Path, hours: float, workers: int, extra: list[str], commit: bool,
             command = [sys.executable, str(REPO / "launch.py"), f"experiment={job.experiment}", *job.overrides,
                        *extra, f'hydra.run.dir="{run_dir}"', "logger.mode=disabled"]  # quoted: the folder has = and ,
             env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_SILENT": "true"}
+            resumed = (run_dir / "last.pt").is_file()  # a chunk stopped mid-run: launch.py resumes from it
             started = time.monotonic()
             print(f"study: start {job.experiment} {job.folder}", flush=True)
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -173,7 +176,7 @@ def run(study: Path, hours: float, workers: int, extra: list[str], commit: bool,
                       f"see {run_dir.with_name(job.folder + '.log')})", flush=True)
                 continue
             with lock:
-                keep_small_files(run_dir, job.small_files(study), seconds)
+                keep_small_files(run_dir, job.small_files(study), seconds, resumed)
                 finished.append(job)
                 summary = write_plan(study, all_jobs)
                 print(f"study: done {job.experiment} {job.folder} in {seconds / 60:.1f} min; {summary}", flush=True)

@@ -44,6 +44,22 @@ def test_plan_lists_done_and_pending_runs(tmp_path):
     assert plan.count("| to go |") == len(jobs) - 1
 
 
+def test_a_resumed_run_does_not_set_the_estimate_of_its_kind(tmp_path):
+    """A chunk stopped mid-run resumes it in the next; only that last part is timed, so it must not make
+    the runs of its kind look short (the runner would then start runs that cannot finish in time)."""
+    jobs = study.jobs()
+    first, same_kind = next((a, b) for a in jobs for b in jobs if a != b and a.kind == b.kind)
+    done = first.small_files(tmp_path)
+    done.mkdir(parents=True)
+    (done / "results.json").write_text("{}")
+    (done / "timing.json").write_text(json.dumps({"seconds": 60, "resumed": True}))
+    assert study.estimate(same_kind, tmp_path, [first]) > 600
+    (done / "timing.json").write_text(json.dumps({"seconds": 60, "resumed": False}))
+    assert study.estimate(same_kind, tmp_path, [first]) == 60
+    study.write_plan(tmp_path, jobs)
+    assert "| done |" in (tmp_path / "PLAN.md").read_text()
+
+
 @pytest.mark.slow
 def test_every_study_run_starts_on_the_real_data(shared_data, tmp_path):
     """The guard of the 14-hour study: every one of its runs, for a handful of iterations on Omniglot and
