@@ -31,11 +31,13 @@ def main(cfg: DictConfig) -> dict | None:
     run = task_runner(cfg.task.name)
 
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    record = run_record(cfg, hydra_cfg)  # before cfg.data.root is made absolute: the config as composed
     cfg.data.root = to_absolute_path(cfg.data.root)
     choices = hydra_cfg.runtime.choices
     lock, logger, exit_code = RunLock(run_dir), None, 1
     try:
-        lock.acquire()  # a second job on this folder stops here, before it writes metrics or checkpoints
+        lock.acquire()  # a second job on this folder stops here, before it writes anything there
+        write_run_record(run_dir, record)
         logger = RunLogger(run_dir, mode=cfg.logger.mode, project=cfg.logger.project, entity=cfg.logger.entity,
                            group=cfg.name, name=hydra_cfg.job.override_dirname or "default",
                            tags=[*run_tags(cfg, choices), *cfg.logger.tags],
@@ -49,6 +51,21 @@ def main(cfg: DictConfig) -> dict | None:
         if logger is not None:
             logger.finish(exit_code)
         lock.release()
+
+
+def run_record(cfg: DictConfig, hydra_cfg) -> dict[str, str]:
+    """The files Hydra would write to `.hydra/` on its own before `main` runs (`hydra.output_subdir` is null in
+    conf/config.yaml): written here once the run-folder lock is held, so a second job refused on a busy folder
+    leaves the running job's record as it was."""
+    return {"config.yaml": OmegaConf.to_yaml(cfg),
+            "hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": OmegaConf.to_container(hydra_cfg)})),
+            "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(list(hydra_cfg.overrides.task)))}
+
+
+def write_run_record(run_dir: Path, record: dict[str, str]) -> None:
+    from kml.safe_write import atomic_write
+    for name, text in record.items():
+        atomic_write(run_dir / ".hydra" / name, lambda f, text=text: f.write(text.encode()))
 
 
 def stop(err: Exception, mode: RunMode) -> None:

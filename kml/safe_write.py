@@ -20,6 +20,8 @@ from typing import BinaryIO
 from kml.errors import DiskFull
 
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: mkstemp's files are private (0600), a run's files get the user's usual mode
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
@@ -30,6 +32,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     with disk_full_reported(path):
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
+            os.fchmod(fd, 0o666 & ~_UMASK)  # as open() would create it: colleagues may read a shared run folder
             with os.fdopen(fd, "wb") as f:
                 write(f)
                 f.flush()

@@ -9,6 +9,7 @@ import socket
 import time
 
 import pytest
+from omegaconf import OmegaConf
 
 from kml import run_lock
 from kml.errors import RunFolderLocked
@@ -71,7 +72,7 @@ def test_second_job_on_a_folder_stops_and_the_first_finishes_untouched(synthetic
     # Frozen while holding the lock, the first job is still running however slowly the second one starts.
     first.send_signal(signal.SIGSTOP)
     try:
-        second = launch(args)
+        second = launch(args + ["eval.tasks_per_mode=7"])  # another command, on the same folder
     finally:
         first.send_signal(signal.SIGCONT)
     output, _ = first.communicate(timeout=300)
@@ -83,3 +84,6 @@ def test_second_job_on_a_folder_stops_and_the_first_finishes_untouched(synthetic
     for kind in ("train/loss", "val/accuracy"):
         assert [entry["step"] for entry in lines if kind in entry] == [10, 20]
     assert (run_dir / "results.json").is_file()
+    # The refused job wrote nothing there, not even Hydra's record of its command.
+    assert "eval.tasks_per_mode=7" not in (run_dir / ".hydra" / "overrides.yaml").read_text()
+    assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").eval.tasks_per_mode != 7

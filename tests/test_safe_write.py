@@ -4,6 +4,7 @@ import errno
 import json
 import os
 import re
+import stat
 
 import pytest
 import torch
@@ -76,3 +77,12 @@ def test_a_full_disk_leaves_metrics_jsonl_without_a_torn_line(tmp_path, monkeypa
     logger.finish(1)
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 3]
+
+
+def test_files_get_the_mode_open_would_give_them(tmp_path):
+    """mkstemp makes private files; a checkpoint or results.json in a shared run folder must be readable by
+    whoever may read the folder, as any file the user creates."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    atomic_write(tmp_path / "results.json", lambda f: f.write(b"{}"))
+    assert stat.S_IMODE((tmp_path / "results.json").stat().st_mode) == 0o666 & ~umask
