@@ -103,7 +103,7 @@ EOF
 
 alive() {  # alive PID: running, and not a zombie waiting to be reaped
     local _pid _comm state
-    read -r _pid _comm state _ <"/proc/$1/stat" 2>/dev/null && [[ $state != Z ]]
+    read -r _pid _comm state _ 2>/dev/null <"/proc/$1/stat" && [[ $state != Z ]]  # 2> first: it must cover the < that fails
 }
 daemon_running() { [[ -s $1 ]] && alive "$(cat "$1")"; }
 
