@@ -122,21 +122,20 @@ def format_difference(row: dict) -> str:
     return f"{100 * row['mean']:+.2f} ± {100 * row['ci95']:.2f} ({row['seeds']} seeds)"
 
 
-def validation_curves(runs: list[dict]) -> dict[str, dict[int, list[float]]]:
-    """method -> iteration -> the validation accuracies of its runs (one per seed) at that iteration, from
-    every run's metrics.jsonl, for the setup each run belongs to (keyed `method @ setup` when several)."""
-    setups = {setup_name(r) for r in runs}
-    curves: dict[str, dict[int, list[float]]] = {}
+def validation_curves(runs: list[dict]) -> dict[str, dict[str, dict[int, list[float]]]]:
+    """setup -> method -> iteration -> the validation accuracies of its runs (one per seed) at that
+    iteration, from every run's metrics.jsonl. Setups are kept apart: a specialist's single-mode accuracy
+    is on another scale than a multimodal model's."""
+    curves: dict[str, dict[str, dict[int, list[float]]]] = {}
     for run in runs:
         path = Path(run["path"]) / "metrics.jsonl"
         if not path.is_file():
             continue
-        name = label(run) if len(setups) == 1 else f"{label(run)} @ {setup_name(run)}"
         seen = {}
         for line in path.read_text().splitlines():
             entry = json.loads(line)
             if entry.get("val/accuracy") is not None:
                 seen[int(entry["step"])] = float(entry["val/accuracy"])  # a resumed run logs a step once more
         for step, value in seen.items():
-            curves.setdefault(name, {}).setdefault(step, []).append(value)
+            curves.setdefault(setup_name(run), {}).setdefault(label(run), {}).setdefault(step, []).append(value)
     return curves

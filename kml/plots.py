@@ -105,23 +105,26 @@ def transference_grid(grid: dict[str, dict[int, np.ndarray]], path: Path, title:
     return _save(figure, path)
 
 
-def learning_curves(curves: dict[str, dict[int, list[float]]], path: Path, title: str) -> Path:
-    """One line per method: the mean over its runs (training seeds) at each iteration, with the range of
-    the runs shaded; accuracies in %."""
-    figure = Figure(figsize=(7.5, 4.6), layout="constrained")
-    ax = figure.subplots()
-    for method, by_step in curves.items():
-        steps = sorted(by_step)
-        values = [np.array(by_step[s]) * 100 for s in steps]
-        mean = [v.mean() for v in values]
-        seeds = max(len(v) for v in values)
-        (line,) = ax.plot(steps, mean, marker="o", markersize=3, label=f"{method} ({seeds} seed{'s' * (seeds > 1)})")
-        if seeds > 1:
-            ax.fill_between(steps, [v.min() for v in values], [v.max() for v in values], color=line.get_color(),
-                            alpha=0.15, linewidth=0)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+def learning_curves(curves: dict[str, dict[str, dict[int, list[float]]]], path: Path, title: str) -> Path:
+    """A panel per setup (each on its own scale), a line per method: the mean over its runs (training seeds)
+    at each iteration, with the range of the runs shaded; accuracies in %."""
+    figure = Figure(figsize=(7.5 + 4.5 * (len(curves) - 1), 4.6), layout="constrained")
+    axes = figure.subplots(1, len(curves), squeeze=False)[0]
+    for ax, (setup, methods) in zip(axes, curves.items(), strict=True):
+        for method, by_step in methods.items():
+            steps = sorted(by_step)
+            values = [np.array(by_step[s]) * 100 for s in steps]
+            mean = [v.mean() for v in values]
+            seeds = max(len(v) for v in values)
+            (line,) = ax.plot(steps, mean, marker="o", markersize=3,
+                              label=f"{method} ({seeds} seed{'s' * (seeds > 1)})")
+            if seeds > 1:
+                ax.fill_between(steps, [v.min() for v in values], [v.max() for v in values],
+                                color=line.get_color(), alpha=0.15, linewidth=0)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("validation accuracy (%)")
+        ax.set_title(setup, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    figure.suptitle(title, fontsize=11)
     return _save(figure, path)

@@ -241,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.curves:
         curves = compare.validation_curves(runs)
         if curves:
-            ordered = {m: curves[m] for m in sorted(curves, key=method_order)}
+            ordered = {setup: {m: methods[m] for m in sorted(methods, key=method_order)}
+                       for setup, methods in sorted(curves.items(), key=lambda item: -len(item[1]))}
             print(f"wrote {plots.learning_curves(ordered, Path(args.curves), 'validation accuracy')}")
         else:
             print("no validation accuracy in the runs' metrics.jsonl", file=sys.stderr)

@@ -12,6 +12,7 @@ import torch
 from kml import compare, report
 from kml.evaluate import evaluate_and_report
 from kml.logger import RunLogger
+from kml.runs import find_results
 from tests.configs import composed
 
 
@@ -129,6 +130,10 @@ def test_report_command_writes_the_comparison_table_and_the_curves(tmp_path, cap
     table = (tmp_path / "out" / "compare_MAML.md").read_text()
     assert "| MMAML+KML |" in table and "paired over identical test tasks" in table
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The curves keep setups apart: a specialist's single-mode accuracy is not drawn among the 2-mode models'.
+    curves = compare.validation_curves(find_results([str(tmp_path / "runs")]))
+    assert len(curves) > 1 and all(len(runs) == 3 for runs in curves["2mode 5w1s"]["MMAML+KML"].values())
+    assert not any("omniglot" in setup and "MMAML+KML" in methods for setup, methods in curves.items())
     main_table = (tmp_path / "out" / "report.md").read_text()
     assert "(3 seeds)" in main_table and "| ProtoNet [released] |" in main_table
 
