@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         curves = compare.validation_curves(runs)
         if curves:
             ordered = {setup: {m: methods[m] for m in sorted(methods, key=method_order)}
-                       for setup, methods in sorted(curves.items(), key=lambda item: -len(item[1]))}
+                       for setup, methods in sorted(curves.items(), key=lambda item: -len(item[1]))}  # widest first
             print(f"wrote {plots.learning_curves(ordered, Path(args.curves), 'validation accuracy')}")
         else:
             print("no validation accuracy in the runs' metrics.jsonl", file=sys.stderr)

@@ -61,6 +61,11 @@ class Job:
     def done(self, study: Path) -> bool:
         return (self.small_files(study) / "results.json").is_file()
 
+    def timing(self, study: Path) -> dict | None:
+        """The finished run's timing.json ({"seconds", "resumed"}), if it has one."""
+        path = self.small_files(study) / "timing.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
 
 def jobs(experiments: tuple[str, ...] = EXPERIMENTS) -> list[Job]:
     """Every job of the study's sweeps, as Hydra's basic sweeper expands them."""
@@ -75,9 +80,8 @@ def jobs(experiments: tuple[str, ...] = EXPERIMENTS) -> list[Job]:
 
 def estimate(job: Job, study: Path, done: list[Job]) -> float:
     """Seconds: the mean wall time of finished runs of the same kind, else the per-iteration table."""
-    timings = [json.loads((j.small_files(study) / "timing.json").read_text())
-               for j in done if j.kind == job.kind and (j.small_files(study) / "timing.json").is_file()]
-    seen = [t["seconds"] for t in timings if not t.get("resumed")]  # a resumed run's time is only its last part
+    timings = [j.timing(study) for j in done if j.kind == job.kind]
+    seen = [t["seconds"] for t in timings if t and not t.get("resumed")]  # a resumed run's time: its last part
     if seen:
         return sum(seen) / len(seen)
     cfg = compose([f"experiment={job.experiment}", *job.overrides])
@@ -95,9 +99,8 @@ def write_plan(study: Path, all_jobs: list[Job]) -> str:
              "| experiment | run | state | minutes |", "|---|---|---|---:|"]
     left = 0.0
     for job in all_jobs:
-        timing = job.small_files(study) / "timing.json"
         if job.done(study):
-            took = json.loads(timing.read_text()) if timing.is_file() else {"seconds": float("nan")}
+            took = job.timing(study) or {"seconds": float("nan")}
             state = "done (resumed: minutes of the last part)" if took.get("resumed") else "done"
             lines.append(f"| {job.experiment} | {job.folder} | {state} | {took['seconds'] / 60:.0f} |")
         else:
