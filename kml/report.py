@@ -134,8 +134,30 @@ def transference_by_method(runs: list[dict], folder: str = "transference") -> di
     grid = {}
     for r in runs:
         for file in Path(r["path"], folder).glob("lr_step*.npz"):
-            grid.setdefault(label(r), {})[int(file.stem.removeprefix("lr_step"))] = np.load(file)["lr"]
+            steps = grid.setdefault(label(r), {})
+            step, lr = int(file.stem.removeprefix("lr_step")), np.load(file)["lr"]
+            # Several runs of one method (seeds) measured at one step: their targets are pooled.
+            steps[step] = np.concatenate([steps[step], lr]) if step in steps else lr
     return {m: grid[m] for m in sorted(grid, key=method_order)}
+
+
+def transference_table(runs: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Methods × (direction, iteration): the share of source tasks whose outer step helped the target
+    (LR < 1), in %, with the number of (target, source) pairs it is taken over."""
+    cells, columns = {}, []
+    for folder in ("transference", "transference/reverse"):
+        files = [file for r in runs for file in Path(r["path"], folder).glob("lr_step*.npz")]
+        if not files:
+            continue
+        way = " / ".join(sorted({direction(file) for file in files}))
+        grid = transference_by_method(runs, folder)
+        for method, steps in grid.items():
+            for step, lr in steps.items():
+                cells[method, way, step] = f"{100 * (lr < 1).mean():.0f}% ({lr.size})"
+        columns += [(way, step) for step in sorted({step for steps in grid.values() for step in steps})]
+    methods = sorted({m for m, _, _ in cells}, key=method_order)
+    rows = [[m, *[cells.get((m, way, step), "") for way, step in columns]] for m in methods]
+    return ["LR < 1", *[f"{way}, it. {step}" for way, step in columns]], rows
 
 
 def direction(file: Path) -> str:
@@ -258,6 +280,12 @@ def main(argv: list[str] | None = None) -> int:
             directions = sorted({direction(file) for r in runs for file in Path(r["path"], folder).glob("lr_step*.npz")})
             title = f"transference {', '.join(directions)}: LR of one outer step on a source task, per target"
             print(f"wrote {plots.transference_grid(grid, path, title)}")
+        header, rows = transference_table(runs)
+        if rows:
+            table = figure.with_suffix(".md")
+            table.write_text(markdown(header, rows) + "\n\nShare of the source tasks whose outer step lowered the "
+                             "target's query loss (LR < 1: positive transfer), over (target, source) pairs.\n")
+            print(f"wrote {table}")
     print(f"\n{len(runs)} runs; wrote {out / 'report.csv'} and {out / 'report.md'}")
     return 0
 

@@ -93,6 +93,28 @@ def test_transference_grid_of_a_sweep(tmp_path, capsys):
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"wrote {figure}" in capsys.readouterr().out
 
 
+def test_transference_table_pools_seeds_and_counts_positive_transfer(tmp_path):
+    seeds = {0: [[0.9, 0.95, 1.1, 1.2]], 1: [[0.9, 0.99, 0.98, 0.97]]}  # 2 and 4 of 4 sources helped
+    for seed, lr in seeds.items():
+        folder = tmp_path / f"seed{seed}"
+        write(folder, "MAML", "2mode", {"omniglot": [0.9], "miniimagenet": [0.4]})
+        (folder / "transference" / "reverse").mkdir(parents=True)
+        np.savez(folder / "transference" / "lr_step100.npz", lr=np.array(lr), source_mode="miniimagenet",
+                 target_mode="omniglot", split="test")
+        if seed == 0:  # the reverse direction measured in one run only, at another step
+            np.savez(folder / "transference" / "reverse" / "lr_step200.npz", lr=np.array([[1.5, 0.5]]),
+                     source_mode="omniglot", target_mode="miniimagenet", split="test")
+    runs = report.find_results([str(tmp_path)])
+    assert report.transference_by_method(runs)["MAML"][100].shape == (2, 4)
+    header, rows = report.transference_table(runs)
+    assert header == ["LR < 1", "miniimagenet → omniglot (test), it. 100", "omniglot → miniimagenet (test), it. 200"]
+    assert rows == [["MAML", "75% (8)", "50% (2)"]]
+    figure = tmp_path / "out" / "transference.png"
+    figure.parent.mkdir()
+    assert report.main([str(tmp_path), "--out", str(tmp_path / "out"), "--transference", str(figure)]) == 0
+    assert "| MAML | 75% (8) | 50% (2) |" in (tmp_path / "out" / "transference.md").read_text()
+
+
 def test_published_keys_are_names_runs_write():
     """Every published (method, benchmark) is what a run of this repository writes into results.json (or the
     report's Multi- row of its specialists), so --published can never miss a row by a spelling."""
