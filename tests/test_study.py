@@ -30,6 +30,16 @@ def test_tables_and_figures_are_rebuilt_from_the_small_files_alone(tmp_path, cap
         assert (tmp_path / name).is_file(), name
     assert "MMAML+KML" in (tmp_path / "compare_MAML.md").read_text()
     assert "+2.00 ±" in (tmp_path / "compare_ProtoNet.md").read_text()  # ProtoNet [released] − ProtoNet, omniglot
+    assert not (tmp_path / "compare_MMAML.md").exists()  # a baseline the runs lack is left out, not an error
+
+
+def test_report_compares_each_row_with_the_row_one_switch_away(tmp_path):
+    fabricated_study(tmp_path / "runs" / "study_2mode_joint")
+    for path in (tmp_path / "runs" / "study_2mode_joint").glob("kml*/results.json"):  # MMAML+KML → MMAML
+        path.write_text(path.read_text().replace('"MMAML+KML"', '"MMAML"'))
+    assert study.report(tmp_path) == 0
+    table = (tmp_path / "compare_MMAML.md").read_text()
+    assert table.startswith("| vs MMAML |") and "-10.00 ± 0.00 (3 seeds)" in table  # MAML − MMAML, omniglot
 
 
 def test_plan_lists_done_and_pending_runs(tmp_path):
