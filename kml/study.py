@@ -97,17 +97,20 @@ def write_plan(study: Path, all_jobs: list[Job]) -> str:
     lines = ["# The study's runs: done and to go", "",
              "Written by `python -m kml.study status` / `run`; each run's small files are under `runs/`.", "",
              "| experiment | run | state | minutes |", "|---|---|---|---:|"]
-    left = 0.0
+    left = spent = 0.0
     for job in all_jobs:
         if job.done(study):
             took = job.timing(study) or {"seconds": float("nan")}
             state = "done (resumed: minutes of the last part)" if took.get("resumed") else "done"
             lines.append(f"| {job.experiment} | {job.folder} | {state} | {took['seconds'] / 60:.0f} |")
+            # A resumed run's first part was not timed: count it as long as the estimate for its kind.
+            spent += estimate(job, study, done) if took.get("resumed") else took["seconds"]
         else:
             seconds = estimate(job, study, done)
             left += seconds
             lines.append(f"| {job.experiment} | {job.folder} | to go | ~{seconds / 60:.0f} |")
-    summary = (f"{len(done)} of {len(all_jobs)} runs done; about {left / 3600:.1f} CPU-hours to go "
+    summary = (f"{len(done)} of {len(all_jobs)} runs done in about {spent / 3600:.1f} CPU-hours; "
+               f"about {left / 3600:.1f} CPU-hours to go "
                f"({left / 7200:.1f} hours with two one-thread runs side by side).")
     lines += ["", summary, ""]
     study.mkdir(parents=True, exist_ok=True)

@@ -50,7 +50,8 @@ def test_plan_lists_done_and_pending_runs(tmp_path):
     (done / "timing.json").write_text(json.dumps({"seconds": 600}))
     summary = study.write_plan(tmp_path, jobs)
     plan = (tmp_path / "PLAN.md").read_text()
-    assert summary.startswith(f"1 of {len(jobs)} runs done") and f"| {jobs[0].folder} | done | 10 |" in plan
+    assert summary.startswith(f"1 of {len(jobs)} runs done in about 0.2 CPU-hours")
+    assert f"| {jobs[0].folder} | done | 10 |" in plan
     assert plan.count("| to go |") == len(jobs) - 1
 
 
