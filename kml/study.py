@@ -204,14 +204,16 @@ def run(study: Path, hours: float, workers: int, extra: list[str], commit: bool,
 def report(study: Path) -> int:
     """Every table and figure of RESULTS.md, from the small files alone."""
     from kml import report as tables
-    from kml.runs import find_results, label
+    from kml.compare import test_records
+    from kml.runs import find_results
 
     runs = str(study / "runs")
-    # Against the plain learners (the paper's question), and against the rows one switch away: FiLM (is KML
-    # better?) and MProtoNet+KML (how much does transduction add to it?); those the finished runs have.
-    present = {label(r) for r in find_results([runs])} if Path(runs).is_dir() else set()
-    baselines = [arg for method in ("MAML", "ProtoNet", "MMAML", "MProtoNet", "MProtoNet+KML") if method in present
-                 for arg in ("--compare", method)]
+    # Against the plain learners (the paper's question), the rows one switch away: FiLM (is KML better?)
+    # and MProtoNet+KML (how much does transduction add to it?), and the specialists (is one model for
+    # all modes better than one per mode?); those the finished runs have.
+    present = {t.method for t in test_records(find_results([runs]))} if Path(runs).is_dir() else set()
+    wanted = ("MAML", "ProtoNet", "MMAML", "MProtoNet", "MProtoNet+KML", "Multi-MAML", "Multi-ProtoNet")
+    baselines = [arg for method in wanted if method in present for arg in ("--compare", method)]
     return tables.main([runs, "--out", str(study), "--modes", "--published", *baselines,
                         "--curves", str(study / "curves.png"), "--transference", str(study / "transference.png")])
 

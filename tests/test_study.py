@@ -31,6 +31,9 @@ def test_tables_and_figures_are_rebuilt_from_the_small_files_alone(tmp_path, cap
     assert "MMAML+KML" in (tmp_path / "compare_MAML.md").read_text()
     assert "+2.00 ±" in (tmp_path / "compare_ProtoNet.md").read_text()  # ProtoNet [released] − ProtoNet, omniglot
     assert not (tmp_path / "compare_MMAML.md").exists()  # a baseline the runs lack is left out, not an error
+    against_specialists = (tmp_path / "compare_Multi-MAML.md").read_text()  # built from the MAML specialists
+    assert "| MMAML+KML | -5.00 ± 0.00 (1 seed, paired over tasks) | +15.00 ± 0.00 (1 seed, paired over tasks) |" \
+        in against_specialists
 
 
 def test_report_compares_each_row_with_the_row_one_switch_away(tmp_path):
