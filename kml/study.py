@@ -31,7 +31,8 @@ from kml.config import compose
 from kml.run_names import folder_name
 
 REPO = Path(__file__).resolve().parents[1]
-EXPERIMENTS = ("study_2mode_joint", "study_2mode_joint_seeds", "study_2mode_specialists", "study_2mode_transductive")
+EXPERIMENTS = ("study_2mode_joint", "study_2mode_joint_seeds", "study_2mode_specialists", "study_2mode_transductive",
+               "study_2mode_corrected")
 STUDY_DIR = REPO / "docs" / "study"
 SMALL_FILES = ("results.json", "test_tasks.npz", "metrics.jsonl", ".hydra/overrides.yaml", ".hydra/config.yaml")
 # Seconds per training iteration with one thread at 32 px, meta-batch 10 (python -m kml.bench train

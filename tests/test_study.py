@@ -13,14 +13,14 @@ from tests.test_compare import fabricated_study
 
 def test_the_study_is_every_row_with_three_seeds():
     jobs = study.jobs()
-    assert len(jobs) == len({(j.experiment, j.folder) for j in jobs}) == 6 * 3 + 2 * 2 * 3 + 2 * 3
+    assert len(jobs) == len({(j.experiment, j.folder) for j in jobs}) == 6 * 3 + 2 * 2 * 3 + 2 * 3 + 3
     seeds = {}
     for job in jobs:
         values = dict(o.split("=", 1) for o in job.overrides)
         row = (job.experiment.removesuffix("_seeds"), values["learner"], values["modulation"],
                values.get("benchmark"))
         seeds.setdefault(row, set()).add(values["seed"])
-    assert all(found == {"0", "1", "2"} for found in seeds.values()) and len(seeds) == 6 + 4 + 2
+    assert all(found == {"0", "1", "2"} for found in seeds.values()) and len(seeds) == 6 + 4 + 2 + 1
 
 
 def test_tables_and_figures_are_rebuilt_from_the_small_files_alone(tmp_path, capsys):
