@@ -73,3 +73,20 @@ class RunLock:
             who = "another process"
         return (f"run folder {self.path.parent} is in use by {who} ({LOCK_FILE}); wait for that job to end, or run "
                 "this one elsewhere with hydra.run.dir=OTHER_FOLDER (hydra.sweep.dir=... for a -m sweep)")
+
+
+def held(run_dir: str | Path) -> bool:
+    """Whether a live process holds the run folder's lock now (its recorded holder is left as it is)."""
+    path = Path(run_dir) / LOCK_FILE
+    if not path.is_file():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released again by the close below
+    except BlockingIOError:
+        return True
+    except OSError:  # no locks on this file system: nothing can be known
+        return False
+    finally:
+        os.close(fd)
+    return False

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from kml import run_lock
 from kml.config import compose
 from kml.run_names import folder_name
 
@@ -159,7 +160,10 @@ def run(study: Path, hours: float, workers: int, extra: list[str], commit: bool,
         with lock:
             done = [j for j in all_jobs if j.done(study)]
             for job in list(pending):
-                if time.monotonic() + estimate(job, study, done) <= deadline:
+                if run_lock.held(outputs / job.experiment / job.folder):
+                    pending.remove(job)  # another runner (or a hand-started launch.py) has it
+                    print(f"study: skip {job.experiment} {job.folder}: running in another process", flush=True)
+                elif time.monotonic() + estimate(job, study, done) <= deadline:
                     pending.remove(job)
                     return job
             return None

@@ -50,6 +50,16 @@ def test_a_lock_file_without_a_live_holder_is_taken_over(tmp_path):
     lock.release()
 
 
+def test_held_tells_a_live_holder_without_touching_its_record(tmp_path):
+    assert not run_lock.held(tmp_path)  # no run.lock yet
+    lock = RunLock(tmp_path)
+    lock.acquire()
+    record = (tmp_path / "run.lock").read_text()
+    assert run_lock.held(tmp_path) and (tmp_path / "run.lock").read_text() == record
+    lock.release()
+    assert not run_lock.held(tmp_path)  # the file stays, its holder is gone
+
+
 def test_a_file_system_without_locks_warns_and_runs_unlocked(tmp_path, monkeypatch, capsys):
     def refused(fd, operation):
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))

@@ -8,6 +8,7 @@ import pytest
 
 from kml import study
 from kml.data.prepare import prepare
+from kml.run_lock import RunLock
 from tests.test_compare import fabricated_study
 
 
@@ -72,6 +73,21 @@ def test_a_resumed_run_does_not_set_the_estimate_of_its_kind(tmp_path):
     assert study.estimate(same_kind, tmp_path, [first]) == 60
     study.write_plan(tmp_path, jobs)
     assert "| done |" in (tmp_path / "PLAN.md").read_text()
+
+
+def test_the_runner_leaves_runs_under_way_in_another_process_alone(tmp_path, capsys):
+    """Two runners on one machine (or a runner beside a hand-started launch.py) never start one run twice."""
+    locks = [RunLock(tmp_path / "outputs" / job.experiment / job.folder) for job in study.jobs()]
+    for lock in locks:
+        lock.acquire()
+    try:
+        finished = study.run(tmp_path / "study", hours=2, workers=1, extra=[], commit=False,
+                             outputs=tmp_path / "outputs")
+    finally:
+        for lock in locks:
+            lock.release()
+    out = capsys.readouterr().out
+    assert finished == 0 and out.count("study: skip ") == len(locks) and "study: start" not in out
 
 
 @pytest.mark.slow
