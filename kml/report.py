@@ -141,16 +141,24 @@ def transference_by_method(runs: list[dict], folder: str = "transference") -> di
     return {m: grid[m] for m in sorted(grid, key=method_order)}
 
 
-def transference_table(runs: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """Methods × (direction, iteration): the share of source tasks whose outer step helped the target
-    (LR < 1), in %, with the number of (target, source) pairs it is taken over."""
-    cells, columns = {}, []
+def transference_grids(runs: list[dict]) -> list[tuple[str, list[str], dict[str, dict[int, np.ndarray]]]]:
+    """Each measured direction's (folder, its `source → target (split)` labels, method -> iteration -> LR):
+    the one read of the runs' transference files that the figures and the table share."""
+    found = []
     for folder in ("transference", "transference/reverse"):
-        files = [file for r in runs for file in Path(r["path"], folder).glob("lr_step*.npz")]
-        if not files:
-            continue
-        way = " / ".join(sorted({direction(file) for file in files}))
         grid = transference_by_method(runs, folder)
+        if grid:
+            files = [file for r in runs for file in Path(r["path"], folder).glob("lr_step*.npz")]
+            found.append((folder, sorted({direction(file) for file in files}), grid))
+    return found
+
+
+def transference_table(grids: list[tuple[str, list[str], dict]]) -> tuple[list[str], list[list[str]]]:
+    """Methods × (direction, iteration) of `transference_grids`: the share of source tasks whose outer step
+    helped the target (LR < 1), in %, with the number of (target, source) pairs it is taken over."""
+    cells, columns = {}, []
+    for _, directions, grid in grids:
+        way = " / ".join(directions)
         for method, steps in grid.items():
             for step, lr in steps.items():
                 cells[method, way, step] = f"{100 * (lr < 1).mean():.0f}% ({lr.size})"
@@ -270,21 +278,17 @@ def main(argv: list[str] | None = None) -> int:
             print("no validation accuracy in the runs' metrics.jsonl", file=sys.stderr)
     if args.transference:
         figure = Path(args.transference)
-        for folder, path in (("transference", figure), ("transference/reverse",
-                                                         figure.with_name(f"{figure.stem}_reverse{figure.suffix}"))):
-            grid = transference_by_method(runs, folder)
-            if not grid:
-                if folder == "transference":
-                    print("no transference measurements (transference/lr_step*.npz) under these runs", file=sys.stderr)
-                continue
-            directions = sorted({direction(file) for r in runs for file in Path(r["path"], folder).glob("lr_step*.npz")})
+        grids = transference_grids(runs)
+        if not grids:
+            print("no transference measurements (transference/lr_step*.npz) under these runs", file=sys.stderr)
+        for folder, directions, grid in grids:
+            path = figure if folder == "transference" else figure.with_name(f"{figure.stem}_reverse{figure.suffix}")
             title = f"transference {', '.join(directions)}: LR of one outer step on a source task, per target"
             print(f"wrote {plots.transference_grid(grid, path, title)}")
-        header, rows = transference_table(runs)
-        if rows:
+        if grids:
             table = figure.with_suffix(".md")
-            table.write_text(markdown(header, rows) + "\n\nShare of the source tasks whose outer step lowered the "
-                             "target's query loss (LR < 1: positive transfer), over (target, source) pairs.\n")
+            table.write_text(markdown(*transference_table(grids)) + "\n\nShare of the source tasks whose outer step "
+                             "lowered the target's query loss (LR < 1: positive transfer), over (target, source) pairs.\n")
             print(f"wrote {table}")
     print(f"\n{len(runs)} runs; wrote {out / 'report.csv'} and {out / 'report.md'}")
     return 0

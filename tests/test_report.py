@@ -106,7 +106,7 @@ def test_transference_table_pools_seeds_and_counts_positive_transfer(tmp_path):
                      source_mode="omniglot", target_mode="miniimagenet", split="test")
     runs = report.find_results([str(tmp_path)])
     assert report.transference_by_method(runs)["MAML"][100].shape == (2, 4)
-    header, rows = report.transference_table(runs)
+    header, rows = report.transference_table(report.transference_grids(runs))
     assert header == ["LR < 1", "miniimagenet → omniglot (test), it. 100", "omniglot → miniimagenet (test), it. 200"]
     assert rows == [["MAML", "75% (8)", "50% (2)"]]
     figure = tmp_path / "out" / "transference.png"
