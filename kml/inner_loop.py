@@ -34,7 +34,20 @@ def sgd_step(
     grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
     step = {}
     for (name, p), g in zip(params.items(), grads, strict=True):
-        if clamp is not None:
+        if clamp is not None and clamp_binds(g, clamp):
             g = g.clamp(-clamp, clamp)
-        step[name] = p - (lr[name] if isinstance(lr, Mapping) else lr) * g
+        rate = lr[name] if isinstance(lr, Mapping) else lr
+        # A float step size in one op (forward and backward), a tensor one (learned) as a product.
+        step[name] = p - rate * g if isinstance(rate, torch.Tensor) else torch.add(p, g, alpha=-rate)
     return step
+
+
+def clamp_binds(g: torch.Tensor, clamp: float) -> bool:
+    """Whether clamp(g, −c, c) touches any element: one at or beyond the bound (torch's clamp passes no
+    gradient at |g| = c). Where every |g| < c the clamp is the identity in value and in gradient, so
+    skipping it is exact; on a CPU the one-pass check costs less than the clamp's forward and backward
+    passes over weight-sized tensors (BENCHMARKS.md). Elsewhere it always clamps: the check would stall a GPU on a host sync."""
+    if g.device.type != "cpu":
+        return True
+    low, high = torch.aminmax(g.detach())
+    return bool(low <= -clamp) or bool(high >= clamp)
