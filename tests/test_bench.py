@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
+import pytest
 import torch
 
 from kml import bench
+from kml.bench.profile import OperatorTimer
 from kml.learners import build_learner
 from tests.test_learners import random_batch, tiny_config
 
@@ -82,3 +86,36 @@ def test_peak_memory_sees_a_large_allocation():
         block = torch.ones(16 * 2**20)  # 64 MiB
         del block
     assert memory.bytes >= 48 * 2**20
+
+
+def test_profile_quick_prints_phases_and_the_operators_of_one_step(capsys):
+    bench.main(["profile", "--quick", "--top", "5"])
+    output = capsys.readouterr().out
+    phases = dict(line.rsplit(None, 1) for line in output.splitlines()
+                  if line.strip().startswith(("meta-loss forward", "of it: inner loop", "backward", "optimizer")))
+    assert set(map(str.strip, phases)) == {"meta-loss forward", "of it: inner loop", "backward", "optimizer step"}
+    assert all(float(ms) > 0 for ms in phases.values())
+    summary = re.search(r"under the timer \(([\d.]+) ms; the operators' own ([\d.]+) ms, (\d+) calls\)", output)
+    step_ms, operator_ms, calls = float(summary[1]), float(summary[2]), int(summary[3])
+    assert 0 < operator_ms <= step_ms and calls > 100  # nested calls are not counted twice
+    rows = output.split("operator\n", 1)[1].splitlines()
+    assert len(rows) == 5 and any("convolution" in row for row in rows)
+
+
+def test_profile_of_protonet_has_no_inner_loop_and_higher_is_maml_only(capsys):
+    bench.main(["profile", "--quick", "--learner", "protonet", "--modulation", "none", "--by-shape"])
+    output = capsys.readouterr().out
+    assert "meta-loss forward" in output and "inner loop" not in output
+    assert re.search(r"convolution \[\(\d+, \d+, \d+, \d+\)", output)  # --by-shape: shapes in the keys
+    with pytest.raises(SystemExit, match="use --learner maml"):
+        bench.main(["profile", "--quick", "--learner", "protonet", "--path", "higher"])
+
+
+def test_operator_timer_counts_each_aten_call_once():
+    timer = OperatorTimer(by_shape=True)
+    a = torch.ones(2, 3)
+    with timer:
+        b = torch.mm(a, a.t()) + 1
+        b.sum()
+    assert timer.calls == {"mm [(2, 3), (3, 2)]": 1, "add [(2, 2)]": 1, "sum [(2, 2)]": 1, "t [(2, 3)]": 1}
+    assert all(seconds >= 0 for seconds in timer.seconds.values())

@@ -1,5 +1,5 @@
 """Benchmarks that print numbers (never timed assertions):
-`python -m kml.bench [data|train|transference] [--quick]`.
+`python -m kml.bench [data|train|transference|profile] [--quick]`.
 
 data:  episodes/s of the samplers.
 train: one meta-iteration (forward + backward + Adam step) of every learner × modulation (× MAML order)
@@ -7,6 +7,8 @@ train: one meta-iteration (forward + backward + Adam step) of every learner × m
        device's own dense float32 matmul FLOP/s (measured in the same run), and the ratio to a
        reference MAML step written with the `higher` library (extra `bench`), same model and tasks.
 transference: source-target pairs/s of the transference analysis and its overhead on a training run.
+profile: where one meta-iteration of one learner (--learner, --modulation, --path) goes, by phase and
+       by aten operator (--by-shape: and input shapes).
 Without an argument data and train run. Every figure is a median over repeats after warm-up.
 """
 
@@ -18,6 +20,7 @@ import torch
 
 from kml.allocator import keep_freed_memory
 from kml.bench.data import bench_data
+from kml.bench.profile import profile
 from kml.bench.train import bench_train
 from kml.bench.transference import bench_transference, print_rows
 
@@ -26,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m kml.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("what", choices=["data", "train", "transference"], nargs="?",
+    parser.add_argument("what", choices=["data", "train", "transference", "profile"], nargs="?",
                         help="default: data and train")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (a smoke test)")
@@ -52,6 +55,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="glibc keeps freed buffers for reuse, as launch.py does (kml/allocator.py)")
     parser.add_argument("--verbose", action="store_true", help="print each shot's rows as they are measured")
     parser.add_argument("--root", default="data", help="where synthetic data is cached")
+    profiled = parser.add_argument_group("profile")
+    profiled.add_argument("--learner", choices=["maml", "protonet"], default="maml")
+    profiled.add_argument("--modulation", choices=["none", "film", "kml"], default="kml")
+    profiled.add_argument("--path", choices=["batched", "per-task", "higher"], default="batched")
+    profiled.add_argument("--first-order", action="store_true", help="first-order MAML")
+    profiled.add_argument("--by-shape", action="store_true", help="one row per operator and input shapes")
+    profiled.add_argument("--top", type=int, default=30, help="operator rows to print")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if args.keep_freed_memory:
@@ -78,3 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.threads:
             torch.set_num_threads(args.threads)
         print_rows(bench_transference(args.root, args.quick, device))
+    if args.what == "profile":
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        profile(args, device)
