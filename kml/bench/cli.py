@@ -15,6 +15,7 @@ Without an argument data and train run. Every figure is a median over repeats af
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 import torch
 
@@ -77,18 +78,24 @@ def main(argv: list[str] | None = None) -> None:
     if args.what in (None, "train"):
         if args.what is None:
             print()
-        threads = torch.get_num_threads()
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        try:
+        with threads(args.threads):
             bench_train(args, device)
-        finally:
-            torch.set_num_threads(threads)
     if args.what == "transference":
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        print_rows(bench_transference(args.root, args.quick, device))
+        with threads(args.threads):
+            print_rows(bench_transference(args.root, args.quick, device))
     if args.what == "profile":
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        profile(args, device)
+        with threads(args.threads):
+            profile(args, device)
+
+
+@contextlib.contextmanager
+def threads(count: int):
+    """torch's CPU threads set to `count` (0: leave them) for the block, then restored (the benchmarks
+    also run inside the test process)."""
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
