@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+from torch._C._functorch import is_functorch_wrapped_tensor
 
 Params = dict[str, torch.Tensor]
 
@@ -36,9 +37,7 @@ def sgd_step(
     for (name, p), g in zip(params.items(), grads, strict=True):
         if clamp is not None and clamp_binds(g, clamp):
             g = g.clamp(-clamp, clamp)
-        rate = lr[name] if isinstance(lr, Mapping) else lr
-        # A float step size in one op (forward and backward), a tensor one (learned) as a product.
-        step[name] = p - rate * g if isinstance(rate, torch.Tensor) else torch.add(p, g, alpha=-rate)
+        step[name] = p - (lr[name] if isinstance(lr, Mapping) else lr) * g
     return step
 
 
@@ -46,8 +45,10 @@ def clamp_binds(g: torch.Tensor, clamp: float) -> bool:
     """Whether clamp(g, −c, c) touches any element: one at or beyond the bound (torch's clamp passes no
     gradient at |g| = c). Where every |g| < c the clamp is the identity in value and in gradient, so
     skipping it is exact; on a CPU the one-pass check costs less than the clamp's forward and backward
-    passes over weight-sized tensors (BENCHMARKS.md). Elsewhere it always clamps: the check would stall a GPU on a host sync."""
-    if g.device.type != "cpu":
+    passes over weight-sized tensors (BENCHMARKS.md). Elsewhere it always clamps: the check would stall
+    a GPU on a host sync, and under torch.func transforms (kml.transference runs learners under vmap) it
+    would be data-dependent control flow."""
+    if g.device.type != "cpu" or is_functorch_wrapped_tensor(g):
         return True
     low, high = torch.aminmax(g.detach())
     return bool(low <= -clamp) or bool(high >= clamp)

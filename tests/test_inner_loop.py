@@ -69,3 +69,21 @@ def test_clamp_binds_reads_every_element():
     assert clamp_binds(g, 1.0)
     g[2, 3, 4] = 0.999
     assert not clamp_binds(g, 1.0)
+
+
+def test_sgd_step_under_vmap_clamps_as_always():
+    """kml.transference runs learners under torch.func.vmap (the inner loop inside torch.func.grad), where
+    the skip's data-dependent check cannot run: there the step clamps always, with the numbers and
+    second-order gradients of clamping task by task."""
+    starts = torch.tensor([[1.0, -0.5], [2.0, 0.25]], dtype=torch.float64)
+    scales = torch.tensor([[2.0, 1.0], [0.5, -3.0]], dtype=torch.float64)  # gradients up to 2: binds at 1.5
+
+    def outer(start, scale):
+        loss = (scale * start**2).sum() / 2
+        stepped = sgd_step({"w": start}, loss, LR, clamp=1.5, create_graph=True)["w"]
+        return (stepped**3).sum()
+
+    batched = torch.func.vmap(torch.func.grad(outer))(starts, scales)
+    for start, scale, got in zip(starts, scales, batched, strict=True):
+        _, (_, expected) = step_and_outer_gradient(always_clamped_step, scale, start, 1.5)
+        torch.testing.assert_close(got, expected, rtol=1e-15, atol=0)
