@@ -18,8 +18,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from kml.bench.reference import higher_meta_loss
-from kml.bench.train import Case, Sizes, learner_config, random_tasks
-from kml.learners import build_learner, build_optimizer
+from kml.bench.train import Case, Sizes, learner_and_optimizer, random_tasks
 
 
 class OperatorTimer(TorchDispatchMode):
@@ -65,17 +64,12 @@ class Phases:
 
 
 def profile(args: argparse.Namespace, device: torch.device) -> None:
-    sizes = Sizes.quick() if args.quick else Sizes()
-    if args.image_size:
-        sizes = Sizes(**{**sizes.__dict__, "image": args.image_size})
+    sizes = Sizes.from_args(args)
     repeats = args.repeats or (1 if args.quick else 5)
     if args.path == "higher" and args.learner != "maml":
         raise SystemExit("kml.bench profile: --path higher is a MAML reference; use --learner maml")
     case = Case(args.learner, args.modulation, 1, args.path, args.first_order)
-    torch.manual_seed(0)
-    cfg = learner_config(case, sizes, {})
-    learner = build_learner(cfg).to(device)
-    optimizer = build_optimizer(learner, cfg)
+    learner, optimizer = learner_and_optimizer(case, sizes, device, {})
     batch = random_tasks(sizes, 1, device)
     phases = Phases(learner)
 

@@ -52,6 +52,12 @@ class Sizes:
     def quick(cls) -> Sizes:
         return cls(image=16, channels=4, embedding=8, encoder=(4, 4, 8, 8), tasks=2, query=2, steps=1)
 
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Sizes:
+        """The command line's sizes: --quick's tiny ones or the defaults, at --image-size if given."""
+        sizes = cls.quick() if args.quick else cls()
+        return cls(**{**sizes.__dict__, "image": args.image_size}) if args.image_size else sizes
+
 
 def cases(device: torch.device, run_all: bool, quick: bool) -> list[Case]:
     """Every combination on a GPU or with --all (--quick: 1-shot only); on a CPU by default the 1-shot
@@ -91,6 +97,14 @@ def learner_config(case: Case, sizes: Sizes, fast_path: dict):
     return compose(overrides)
 
 
+def learner_and_optimizer(case: Case, sizes: Sizes, device: torch.device, fast_path: dict):
+    """The row's learner (seeded, so every path of a row starts from the same weights) and its optimizer."""
+    torch.manual_seed(0)
+    cfg = learner_config(case, sizes, fast_path)
+    learner = build_learner(cfg).to(device)
+    return learner, build_optimizer(learner, cfg)
+
+
 def random_tasks(sizes: Sizes, shot: int, device: torch.device) -> Batch:
     """One fixed meta-batch of random images: conv timings do not depend on pixel values."""
     g = torch.Generator().manual_seed(0)
@@ -113,11 +127,8 @@ class Row:
     """One table row: its learner, optimizer and meta-batch, warmed up, with FLOPs and peak memory counted."""
 
     def __init__(self, case: Case, sizes: Sizes, device: torch.device, batch: Batch, fast_path: dict) -> None:
-        torch.manual_seed(0)
-        cfg = learner_config(case, sizes, fast_path)
         self.case, self.sizes, self.device, self.batch = case, sizes, device, batch
-        self.learner = build_learner(cfg).to(device)
-        self.optimizer = build_optimizer(self.learner, cfg)
+        self.learner, self.optimizer = learner_and_optimizer(case, sizes, device, fast_path)
         self.step()  # warm-up: first-touch allocations, and conv auto's one-off timing of its candidates
         self.flops = count_flops(self.step)  # the second warm-up
         with PeakMemory(device) as memory:  # the third
@@ -173,9 +184,7 @@ def measure(todo: list[Case], sizes: Sizes, device: torch.device, repeats: int, 
 
 
 def bench_train(args: argparse.Namespace, device: torch.device) -> list[dict]:
-    sizes = Sizes.quick() if args.quick else Sizes()
-    if args.image_size:
-        sizes = Sizes(**{**sizes.__dict__, "image": args.image_size})
+    sizes = Sizes.from_args(args)
     repeats = args.repeats or (1 if args.quick else (10 if device.type == "cuda" else 3))
     fast_path = {
         key: value
