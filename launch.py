@@ -15,11 +15,11 @@ import kml  # noqa: F401  (registers conf/config.yaml's run-folder resolver, qui
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> dict | None:
-    from kml.allocator import keep_freed_memory
     from kml.config import validate
     from kml.errors import UserError
-    from kml.logger import RunLogger
-    from kml.run_lock import RunLock
+    from kml.run.allocator import keep_freed_memory
+    from kml.run.logger import RunLogger
+    from kml.run.run_lock import RunLock
 
     hydra_cfg = HydraConfig.get()
     try:
@@ -63,7 +63,7 @@ def run_record(cfg: DictConfig, hydra_cfg) -> dict[str, str]:
 
 
 def write_run_record(run_dir: Path, record: dict[str, str]) -> None:
-    from kml.safe_write import atomic_write
+    from kml.run.safe_write import atomic_write
     for name, text in record.items():
         atomic_write(run_dir / ".hydra" / name, lambda f, text=text: f.write(text.encode()))
 
@@ -80,7 +80,7 @@ def stop(err: Exception, mode: RunMode) -> None:
 def run_tags(cfg: DictConfig, choices) -> list[str]:
     """W&B tags naming a run's method and setup; a mapper run has no benchmark, learner or modulation."""
     if cfg.task.name == "mapper":
-        from kml.mapper.run import logger_tags
+        from kml.run.mapper import logger_tags
         return logger_tags(cfg)
     return [cfg.benchmark.name, choices.learner, choices.modulation, f"{cfg.shot}shot"]
 
@@ -88,11 +88,11 @@ def run_tags(cfg: DictConfig, choices) -> list[str]:
 def task_runner(name: str):
     """The `run(cfg, run_dir, logger) -> results` of a task; imported lazily so each task loads only its own."""
     if name == "mapper":
-        from kml.mapper.run import run
+        from kml.run.mapper import run
     elif name == "transference":
-        from kml.transference import run
+        from kml.analysis.transference import run
     else:
-        from kml.train import run
+        from kml.run.train import run
     return run
 
 

@@ -1,7 +1,7 @@
 """kml: multimodal few-shot meta-learning (MAML, ProtoNet, FiLM, Kernel ModuLation)."""
 import warnings
 
-from kml.run_names import register_resolvers
+from kml.config import register_resolvers
 
 register_resolvers()
 

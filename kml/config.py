@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
@@ -177,3 +178,21 @@ def _holds(holds: Callable[[Any], bool], value: Any) -> bool:
         return bool(holds(value))
     except TypeError:  # a string where a number belongs
         return False
+
+
+# Run folder names derived from the command line (conf/config.yaml's `${kml.folder:...}`), so the same
+# command finds (and resumes) the same run. Part of the config: the folder is a config value.
+MAX_NAME = 120  # well under the 255-byte file name limit
+
+
+def folder_name(overrides: str) -> str:
+    """Hydra's override_dirname made safe as one folder: no '/', bounded length (a hash keeps it unique)."""
+    name = overrides.replace("/", "_") or "default"
+    if len(name) <= MAX_NAME:
+        return name
+    return f"{name[:MAX_NAME - 11]}-{hashlib.sha1(name.encode()).hexdigest()[:10]}"
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("kml.folder"):
+        OmegaConf.register_new_resolver("kml.folder", folder_name)

@@ -46,7 +46,7 @@ def clamp_binds(g: torch.Tensor, clamp: float) -> bool:
     gradient at |g| = c). Where every |g| < c the clamp is the identity in value and in gradient, so
     skipping it is exact; on a CPU the one-pass check costs less than the clamp's forward and backward
     passes over weight-sized tensors (BENCHMARKS.md). Elsewhere it always clamps: the check would stall
-    a GPU on a host sync, and under torch.func transforms (kml.transference runs learners under vmap) it
+    a GPU on a host sync, and under torch.func transforms (kml.analysis.transference runs learners under vmap) it
     would be data-dependent control flow."""
     if g.device.type != "cpu" or is_functorch_wrapped_tensor(g):
         return True

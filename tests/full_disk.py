@@ -1,4 +1,4 @@
-"""A disk that fills up, for the DiskFull tests: kml.safe_write's files get a write that, once `full` is
+"""A disk that fills up, for the DiskFull tests: kml.run.safe_write's files get a write that, once `full` is
 set, writes half of what it is given (a torn temporary file) and then fails as the kernel would."""
 from __future__ import annotations
 

@@ -1,16 +1,16 @@
-"""kml.allocator: with glibc's thresholds raised, a training-like step stops page-faulting its buffers in."""
+"""kml.run.allocator: with glibc's thresholds raised, a training-like step stops page-faulting its buffers in."""
 import subprocess
 import sys
 
 import pytest
 
-from kml.allocator import keep_freed_memory
+from kml.run.allocator import keep_freed_memory
 
 # Conv forward + backward with buffers above glibc's default mmap threshold; prints minor page faults
 # per step after a warm-up step.
 STEP = """
 import resource, sys, torch
-from kml.allocator import keep_freed_memory
+from kml.run.allocator import keep_freed_memory
 torch.set_num_threads(1)
 if sys.argv[1] == "keep":
     assert keep_freed_memory()

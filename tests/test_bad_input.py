@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from kml import checkpoint
 from kml.errors import TrainingDiverged
 from kml.learners.protonet import ProtoNet
-from kml.logger import RunLogger
-from kml.train import run
+from kml.run import checkpoint
+from kml.run.logger import RunLogger
+from kml.run.train import run
 from tests.runs import compose, error_line, launch, tiny_overrides
 
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from kml import compare, report
-from kml.evaluate import evaluate_and_report
-from kml.logger import RunLogger
-from kml.runs import find_results
+from kml.analysis.runs import find_results
+from kml.run.evaluate import evaluate_and_report
+from kml.run.logger import RunLogger
 from tests.configs import composed
 
 
@@ -51,7 +51,7 @@ def test_two_training_seeds_meet_identical_test_tasks_and_a_mode_the_same_tasks_
     assert len(first) == 3 * 7 and all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
     other, _ = met_tasks(synthetic_root, tmp_path, "seed=0", "eval.seed=5")
     assert not any(torch.equal(a, b) for a, b in zip(first, other, strict=True))
-    # A specialist on one mode meets that mode's tasks of the multimodal run (kml.evaluate.mode_seed).
+    # A specialist on one mode meets that mode's tasks of the multimodal run (kml.run.evaluate.mode_seed).
     alone, _ = met_tasks(synthetic_root, tmp_path, "benchmark=custom", "benchmark.modes=[synthetic_shapes]")
     assert all(torch.equal(a, b) for a, b in zip(alone, first[7:14], strict=True))
     saved = np.load(folder / "test_tasks.npz")

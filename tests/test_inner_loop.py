@@ -72,7 +72,7 @@ def test_clamp_binds_reads_every_element():
 
 
 def test_sgd_step_under_vmap_clamps_as_always():
-    """kml.transference runs learners under torch.func.vmap (the inner loop inside torch.func.grad), where
+    """kml.analysis.transference runs learners under torch.func.vmap (the inner loop inside torch.func.grad), where
     the skip's data-dependent check cannot run: there the step clamps always, with the numbers and
     second-order gradients of clamping task by task."""
     starts = torch.tensor([[1.0, -0.5], [2.0, 0.25]], dtype=torch.float64)

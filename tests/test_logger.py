@@ -3,7 +3,7 @@ import json
 import pytest
 import wandb
 
-from kml.logger import RunLogger, resolve_mode
+from kml.run.logger import RunLogger, resolve_mode
 
 
 def test_auto_mode_is_offline_without_an_api_key(monkeypatch, tmp_path):

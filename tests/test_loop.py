@@ -1,4 +1,4 @@
-"""kml.loop.meta_train: best.pt follows the score in the right direction; a non-finite loss stops; a full
+"""kml.run.loop.meta_train: best.pt follows the score in the right direction; a non-finite loss stops; a full
 disk stops with one line and the same call resumes."""
 import re
 
@@ -6,10 +6,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from kml import checkpoint
 from kml.errors import DiskFull, TrainingDiverged
-from kml.logger import RunLogger
-from kml.loop import MetaTraining, meta_train
+from kml.run import checkpoint
+from kml.run.logger import RunLogger
+from kml.run.loop import MetaTraining, meta_train
 from tests.full_disk import FullDisk
 
 CFG = OmegaConf.create({"train": {"iterations": 8, "log_every": 2, "val_every": 2, "checkpoint_every": 100,

@@ -11,7 +11,7 @@ from kml.mapper.episodes import Task
 from kml.mapper.frozen_lm import FrozenLM
 from kml.mapper.maml import MapperMAML
 from kml.mapper.mapper import MetaMapper, embedding_scale, head_layout, parameter_count
-from kml.mapper.run import build_learner
+from kml.run.mapper import build_learner
 from tests.mapper_fixtures import mapper_config, single_thread, tiny_lm  # noqa: F401  (fixtures)
 
 VISUAL = 24

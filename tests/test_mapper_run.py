@@ -7,9 +7,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from kml import checkpoint
-from kml.logger import RunLogger
-from kml.mapper.run import run
+from kml.run import checkpoint
+from kml.run.logger import RunLogger
+from kml.run.mapper import run
 from tests.mapper_fixtures import ROOT, mapper_config, single_thread, write_frozen  # noqa: F401
 from tests.runs import launch
 

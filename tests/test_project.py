@@ -61,7 +61,7 @@ def test_experiments_compose_and_their_sweeps_expand(experiment):
 
 
 def test_run_folder_names_are_single_bounded_folders():
-    from kml.run_names import MAX_NAME, folder_name
+    from kml.config import MAX_NAME, folder_name
 
     assert folder_name("") == "default"
     assert folder_name("data.root=/a/b,seed=1") == "data.root=_a_b,seed=1"

@@ -16,8 +16,8 @@ from kml.data.sampler import SplitDataset
 from kml.errors import DataError
 from kml.learners import MAML, ProtoNet, build_learner
 from kml.learners.protonet import refine_prototypes
-from kml.loop import MetaTraining, meta_train
 from kml.models import KMLGenerator, conv4
+from kml.run.loop import MetaTraining, meta_train
 from tests import archives
 from tests.configs import composed, options, tiny_config
 
@@ -189,7 +189,7 @@ def test_maml_inner_loop_without_batch_norm_affine_parameters():
 
 
 def run_for_learning_rates(tmp_path, iterations: int, halving_every: int | None) -> list[float]:
-    """The learning rate each step of a trivial meta-training used, through kml.loop.meta_train."""
+    """The learning rate each step of a trivial meta-training used, through kml.run.loop.meta_train."""
     cfg = composed("debug=tiny", f"train.iterations={iterations}", f"train.lr_halving_every={halving_every or 'null'}",
                    f"train.val_every={iterations}", f"train.checkpoint_every={iterations}", f"train.log_every={iterations}")
     model = nn.Linear(1, 1)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from kml import report
-from kml.evaluate import mean_ci
+from kml.run.evaluate import mean_ci
 
 
 def write(folder, method, benchmark, per_mode_accuracies, shot=1):
@@ -118,8 +118,8 @@ def test_transference_table_pools_seeds_and_counts_positive_transfer(tmp_path):
 def test_published_keys_are_names_runs_write():
     """Every published (method, benchmark) is what a run of this repository writes into results.json (or the
     report's Multi- row of its specialists), so --published can never miss a row by a spelling."""
+    from kml.analysis.published import PUBLISHED
     from kml.learners import method_name
-    from kml.published import PUBLISHED
     from tests.configs import COMBINATIONS, composed, options
 
     methods = {method_name(composed(f"learner={lrn}", f"modulation={mod}")) for lrn, mod in COMBINATIONS}
@@ -130,7 +130,7 @@ def test_published_keys_are_names_runs_write():
 
 
 def test_published_numbers_equal_the_shared_transcription():
-    from kml.published import PUBLISHED
+    from kml.analysis.published import PUBLISHED
     from tests.conftest import SHARED_DATA
 
     source = SHARED_DATA.parent / "paper" / "kml_neurips2021_results.json"

@@ -11,9 +11,9 @@ import time
 import pytest
 from omegaconf import OmegaConf
 
-from kml import run_lock
 from kml.errors import RunFolderLocked
-from kml.run_lock import RunLock
+from kml.run import run_lock
+from kml.run.run_lock import RunLock
 from tests.runs import error_line, launch, start, tiny_overrides
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 import yaml
 
-from kml import checkpoint, report
-from kml.train import per_mode_accuracy
+from kml.run import checkpoint, report
+from kml.run.train import per_mode_accuracy
 from tests.runs import launch, start, tiny_overrides
 
 

@@ -9,11 +9,11 @@ import stat
 import pytest
 import torch
 
-from kml import checkpoint
 from kml.errors import DiskFull
-from kml.evaluate import write_results
-from kml.logger import RunLogger
-from kml.safe_write import atomic_write
+from kml.run import checkpoint
+from kml.run.evaluate import write_results
+from kml.run.logger import RunLogger
+from kml.run.safe_write import atomic_write
 from tests.full_disk import FullDisk
 
 WRITERS = {"checkpoint": (lambda path, value: checkpoint.save({"model": {"w": torch.full((4096,), value)}}, path),

@@ -8,7 +8,7 @@ import pytest
 
 from kml import study
 from kml.data.prepare import prepare
-from kml.run_lock import RunLock
+from kml.run.run_lock import RunLock
 from tests.test_compare import fabricated_study
 
 

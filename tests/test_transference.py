@@ -13,13 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from kml import checkpoint, plots, transference
 from kml.data.episodes import Batch
 from kml.errors import ConfigError
 from kml.learners import build_learner
-from kml.logger import RunLogger
-from kml.runtime import pick_device
-from kml.train import train
+from kml.run import checkpoint, plots, transference
+from kml.run.logger import RunLogger
+from kml.run.runtime import pick_device
+from kml.run.train import train
 from tests import configs
 from tests.runs import compose, tiny_overrides
 

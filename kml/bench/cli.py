@@ -19,11 +19,11 @@ import contextlib
 
 import torch
 
-from kml.allocator import keep_freed_memory
 from kml.bench.data import bench_data
 from kml.bench.profile import profile
 from kml.bench.train import bench_train
 from kml.bench.transference import bench_transference, print_rows
+from kml.run.allocator import keep_freed_memory
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,12 +11,12 @@ import time
 
 import torch
 
+from kml.analysis.transference import measure, take
 from kml.config import compose
 from kml.data import synthetic
 from kml.data.benchmark import make_sampler
 from kml.data.episodes import Batch
 from kml.learners import build_learner, build_optimizer
-from kml.transference import measure, take
 
 
 def _median_seconds(work, repeats: int) -> float:

@@ -9,6 +9,7 @@ import torch
 from kml.data import integrity, registry, store
 from kml.data.episodes import Batch
 from kml.data.errors import DataError
+from kml.errors import ConfigError
 
 
 class SplitDataset:
@@ -103,7 +104,7 @@ class MultimodalSampler:
     def __init__(self, samplers: list[EpisodeSampler], meta_batch: int, policy: str = "balanced",
                  seed: int = 0, channels: int = 3):
         if policy not in self.POLICIES:
-            raise ValueError(f"unknown mode policy {policy!r}; choose one of: {', '.join(self.POLICIES)}")
+            raise ConfigError(f"data.mode_policy={policy!r} is not valid; choose one of: {', '.join(self.POLICIES)}")
         sizes = {tuple(s.dataset.images.shape[2:]) for s in samplers}
         if len(sizes) != 1:
             raise DataError(f"modes have different image sizes {sorted(sizes)}; prepare them at one --image-size")

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from kml import checkpoint, registry
+from kml import registry
 from kml.learners.base import Learner
 from kml.learners.batched import FastPath
 from kml.learners.maml import MAML
@@ -23,7 +23,7 @@ __all__ = [
     "build_learner",
     "build_optimizer",
     "describe",
-    "load_learner",
+    "learner_from_state",
     "method_name",
     "parameter_counts",
 ]
@@ -52,11 +52,10 @@ def build_optimizer(learner: Learner, cfg: Mapping[str, Any]) -> torch.optim.Opt
     return torch.optim.Adam(learner.parameters(), lr=float(cfg["learner"]["lr"]))
 
 
-def load_learner(path: str, way: int, device: torch.device) -> Learner:
-    """A learner rebuilt from a checkpoint's own config and weights, for evaluation or analysis with `way`
-    classes (the episodes are the caller's)."""
-    state = checkpoint.load(path)
-    learner = build_learner(OmegaConf.merge(OmegaConf.create(state["config"]), {"way": way})).to(device)
+def learner_from_state(state: Mapping[str, Any], way: int) -> Learner:
+    """A learner rebuilt from a checkpoint's stored state (its own config and weights), for evaluation or
+    analysis with `way` classes; the episodes are the caller's. Pure: the runner reads the file
+    (kml.run.checkpoint.load_learner)."""
+    learner = build_learner(OmegaConf.merge(OmegaConf.create(state["config"]), {"way": way}))
     learner.load_state_dict(state["model"])
-    print(f"evaluating {path} (iteration {state['iteration']})")
     return learner

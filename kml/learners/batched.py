@@ -2,7 +2,7 @@
 
 Tasks are laid side by side along the channel axis: images [T, B, C, H, W] become one tensor
 [B, T·C, H, W], each conv layer runs every task's own (adapted, modulated) kernel on its own channels
-(kml.learners.batched_conv), and batch-statistics BN needs no change in that layout: its per-channel
+(kml.models.batched_conv), and batch-statistics BN needs no change in that layout: its per-channel
 statistics over (B, H, W) are exactly each task's statistics, so torch's fused batch norm does all
 tasks in one call. An inner step is then ~20 ops on large tensors instead of ~20·T on small ones, which
 is what costs on a CPU at small image sizes (per-op dispatch and Python) and on a GPU (kernel launches).
@@ -27,8 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from kml.learners import batched_conv
-from kml.models import Conv4, LayerModulation, TaskModulator
+from kml.models import Conv4, LayerModulation, TaskModulator, batched_conv
 from kml.models.functional import fused_batch_norm
 
 Params = dict[str, torch.Tensor]
@@ -57,7 +56,7 @@ class FastPath:
         measured faster (BENCHMARKS.md). Off = the plain per-task loop, the reference implementation.
     tasks_per_pass: how many tasks go through together; auto = all on a GPU, on a CPU as many as keep
         the input images of a pass under CPU_PASS_BYTES (~4 tasks at 32 px, one at 84 px).
-    conv: how a layer's per-task convolutions run (kml.learners.batched_conv): auto (a fixed per-shape
+    conv: how a layer's per-task convolutions run (kml.models.batched_conv): auto (a fixed per-shape
         rule), timed (the fastest per shape, measured once per process: not bit-reproducible across
         processes), grouped, per_task or unfold.
     autocast: bfloat16 autocast of the forward passes (meant for CUDA; off by default everywhere).

@@ -15,7 +15,7 @@ def batch_norm(
     There are no running statistics, in training or at test time: this is the transductive batch norm of
     the MAML and MMAML originals, where every support or query set is normalised with its own mean and
     variance. Written by hand (no buffers, no in-place updates) so that it composes with
-    `torch.func.functional_call`, double backward and `torch.vmap` over tasks (kml.transference runs whole
+    `torch.func.functional_call`, double backward and `torch.vmap` over tasks (kml.analysis.transference runs whole
     learners under vmap; tests/test_batched.py checks second-order gradients under vmap).
     """
     var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False, keepdim=True)  # one pass for both

@@ -15,8 +15,8 @@ gradients are vmap(grad) over a chunk, the targets' losses vmap over the chunk's
 always uses the learners' per-task methods in the parameters' dtype, whatever their fast path (batched,
 autocast, compile) is set to: same losses, and no reduced-precision noise in ratios that are close to 1.
 
-During training (`transference=on`) kml/train.py calls `Transference.maybe_measure` after the optimiser
-step of each iteration listed in `transference.iterations`; `python launch.py task=transference
+During training, `transference=on` attaches TransferenceHook (kml.run.hooks), which measures after the
+optimiser step of each iteration listed in `transference.iterations`; `python launch.py task=transference
 checkpoint=PATH` measures a saved model once (`run`). Each measurement writes
 transference/lr_step{N}.npz, a histogram per target and the positive-transfer curve so far, and logs them.
 """
@@ -36,16 +36,18 @@ from torch import nn
 from torch.func import functional_call, grad, grad_and_value, vmap
 from tqdm import tqdm
 
-from kml import checkpoint
-from kml.data.benchmark import sampler_for
+from kml.analysis import plots
+from kml.data.benchmark import Benchmark
 from kml.data.episodes import Batch
 from kml.errors import ConfigError
-from kml.learners import Learner, load_learner
-from kml.logger import RunLogger
-from kml.runtime import pick_device
-from kml.safe_write import atomic_write
+from kml.learners import Learner
+from kml.run.checkpoint import load_learner
+from kml.run.hooks import Hook, RunContext
+from kml.run.logger import RunLogger
+from kml.run.runtime import benchmark_for, pick_device
+from kml.run.safe_write import atomic_write
 
-# The analysis draws its own tasks, apart from the training, validation and test streams of kml/train.py.
+# The analysis draws its own tasks, apart from the training, validation and test streams of kml/run/train.py.
 SOURCE_SEED_OFFSET, TARGET_SEED_OFFSET = 300_007, 400_009
 SPLITS = ("val", "test")
 FOLDER = "transference"
@@ -156,15 +158,13 @@ def take(batch: Batch, n: int) -> Batch:
 
 
 class Transference:
-    """The analysis as configured by the `transference` group (see conf/transference/off.yaml)."""
+    """The analysis as configured by the `transference` group (see conf/transference/off.yaml), drawing its
+    tasks from the run's opened data."""
 
-    def __init__(self, cfg: DictConfig, device: torch.device, training: bool = True) -> None:
-        settings = cfg.transference if "transference" in cfg else None
-        self.enabled = bool(settings is not None and settings.enabled)
-        self.iterations = set() if settings is None else {int(i) for i in settings.iterations}
-        self.cfg, self.device = cfg, device
-        if settings is None:
-            return
+    def __init__(self, cfg: DictConfig, device: torch.device, data: Benchmark, training: bool = True) -> None:
+        settings = cfg.transference
+        self.iterations = {int(i) for i in settings.iterations}
+        self.cfg, self.device, self.data = cfg, device, data
         self.source_mode, self.target_mode = self._modes(cfg)
         # (source, target, folder) of each measurement: the configured direction, and with `reverse` the
         # other way round too (transference/reverse/).
@@ -175,10 +175,10 @@ class Transference:
             raise ConfigError(f"transference.split={settings.split!r}; choose one of {', '.join(SPLITS)}")
         if int(settings.sources) < 1 or int(settings.targets) < 1 or int(settings.chunk) < 1:
             raise ConfigError("transference.sources, .targets and .chunk must be at least 1")
-        if training and self.enabled and not any(1 <= i <= cfg.train.iterations for i in self.iterations):
+        if training and not any(1 <= i <= cfg.train.iterations for i in self.iterations):
             raise ConfigError(f"transference.iterations={sorted(self.iterations)} has none in 1..train.iterations="
-                                f"{cfg.train.iterations}, so nothing would be measured; set e.g. "
-                                f"transference.iterations=[{cfg.train.iterations}]")
+                              f"{cfg.train.iterations}, so nothing would be measured; set e.g. "
+                              f"transference.iterations=[{cfg.train.iterations}]")
 
     @staticmethod
     def _modes(cfg: DictConfig) -> tuple[str, str]:
@@ -188,28 +188,23 @@ class Transference:
             mode = settings[key] if settings[key] is not None else default
             if mode not in modes:
                 raise ConfigError(f"transference.{key}={mode!r} is not a mode of benchmark "
-                                    f"{cfg.benchmark.name}; choose one of: {', '.join(modes)}")
+                                  f"{cfg.benchmark.name}; choose one of: {', '.join(modes)}")
             chosen.append(str(mode))
         return chosen[0], chosen[1]
-
-    def maybe_measure(self, learner: Learner, step: int, logger: RunLogger) -> dict | None:
-        """The training hook: measure when `step` is one of transference.iterations."""
-        if not self.enabled or step not in self.iterations:
-            return None
-        return self.measure(learner, step, logger)
 
     def source_chunks(self, mode: str, dtype: torch.dtype) -> Iterator[Batch]:
         """The same source tasks at every measurement (a fresh sampler from the same seed)."""
         cfg, settings = self.cfg, self.cfg.transference
         chunk, total = int(settings.chunk), int(settings.sources)
-        sampler = sampler_for(cfg, [mode], "train", cfg.train.query, chunk, seed=int(settings.seed) + SOURCE_SEED_OFFSET)
+        sampler = self.data.sampler("train", cfg.train.query, chunk, seed=int(settings.seed) + SOURCE_SEED_OFFSET,
+                                    modes=[mode])
         for done in range(0, total, chunk):
             yield take(sampler.sample(), total - done).to(self.device, dtype)
 
     def target_tasks(self, mode: str, dtype: torch.dtype) -> Batch:
         cfg, settings = self.cfg, self.cfg.transference
-        sampler = sampler_for(cfg, [mode], settings.split, cfg.eval.query, int(settings.targets),
-                              seed=int(settings.seed) + TARGET_SEED_OFFSET)
+        sampler = self.data.sampler(settings.split, cfg.eval.query, int(settings.targets),
+                                    seed=int(settings.seed) + TARGET_SEED_OFFSET, modes=[mode])
         return sampler.sample().to(self.device, dtype)
 
     def alpha(self, learner_cfg) -> float:
@@ -227,7 +222,6 @@ class Transference:
 
     def _measure_direction(self, learner: Learner, step: int, logger: RunLogger, alpha: float, source: str,
                            target: str, folder_name: str) -> dict:
-        from kml import plots
 
         dtype = next(learner.parameters()).dtype
         devices = [self.device] if self.device.type == "cuda" else []
@@ -280,16 +274,27 @@ def history(folder: Path) -> tuple[list[int], np.ndarray]:
     return [s for s, _ in found], np.array([f for _, f in found])
 
 
+class TransferenceHook(Hook):
+    """`transference=on`: measure during training, after the optimiser step of each of
+    `transference.iterations` (its settings are checked when the run starts, before any training)."""
+
+    def start(self, run: RunContext) -> None:
+        self.analysis = Transference(run.cfg, run.device, run.data)
+
+    def after_step(self, run: RunContext, step: int) -> None:
+        if step in self.analysis.iterations:
+            self.analysis.measure(run.learner, step, run.logger)
+
+
 def run(cfg: DictConfig, run_dir: Path, logger: RunLogger) -> dict:
     """`python launch.py task=transference checkpoint=PATH`: measure a saved model once."""
     if "transference" not in cfg:
         raise ConfigError("task=transference needs the transference group: add +transference=off")
     device = pick_device(cfg.device)
-    analysis = Transference(cfg, device, training=False)
+    analysis = Transference(cfg, device, benchmark_for(cfg), training=False)
     if not cfg.checkpoint:
         raise ConfigError("task=transference needs checkpoint=PATH (a run's best.pt or last.pt)")
-    learner = load_learner(cfg.checkpoint, cfg.way, device)
-    state = checkpoint.load(cfg.checkpoint)
+    learner, state = load_learner(cfg.checkpoint, cfg.way, device)
     # α defaults to the outer learning rate the checkpoint was trained with.
     alpha = analysis.alpha(state["config"]["learner"])
     return analysis.measure(learner, int(state["iteration"]), logger, alpha=alpha)

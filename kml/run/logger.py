@@ -14,7 +14,7 @@ import time
 import warnings
 from pathlib import Path
 
-from kml.safe_write import append
+from kml.run.safe_write import append
 
 MODES = ("online", "offline", "disabled")
 

@@ -11,7 +11,7 @@ keeps every task's accuracy in test_tasks.npz), so two methods compare task by t
   claim on; with one seed there is none.
 
 Multi-<method> rows are assembled from single-mode specialists (per seed, in the setup's mode order),
-whose test tasks are the multimodal run's tasks of that mode (kml.evaluate.mode_seed).
+whose test tasks are the multimodal run's tasks of that mode (kml.run.evaluate.mode_seed).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kml.runs import label, run_seed, setup_name
+from kml.analysis.runs import label, run_seed, setup_name
 
 # t_{0.975, df} for df = 1 … 30: the two-sided 95% quantiles of Student's t (standard tables).
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,

@@ -1,4 +1,5 @@
-"""Meta-training with periodic validation, best/last checkpoints and exact resume, then test evaluation."""
+"""Few-shot meta-training (`run=fewshot`): periodic validation, best/last checkpoints, exact resume, the
+configured hooks after every step, then the test evaluation."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,44 +7,40 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from kml.data.benchmark import sampler_for
+from kml.data.benchmark import Benchmark
 from kml.errors import ConfigError
-from kml.evaluate import evaluate_and_report, summarise, task_accuracies
-from kml.learners import build_learner, build_optimizer, describe, load_learner
-from kml.logger import RunLogger
-from kml.loop import MetaTraining, meta_train
-from kml.runtime import VAL_SEED_OFFSET, pick_device, seed_everything, use_allocated_cpus
-from kml.transference import Transference
-
-
-def check_episodes(cfg: DictConfig) -> None:
-    """Fail before training if any split cannot serve the requested episodes (missing data, too few images)."""
-    for split, query in (("train", cfg.train.query), ("val", cfg.eval.query), ("test", cfg.eval.query)):
-        sampler_for(cfg, list(cfg.benchmark.modes), split, query, 1)
+from kml.learners import build_learner, build_optimizer, describe
+from kml.run.checkpoint import load_learner
+from kml.run.evaluate import evaluate_and_report, summarise, task_accuracies
+from kml.run.hooks import RunContext, build_hooks
+from kml.run.logger import RunLogger
+from kml.run.loop import MetaTraining, meta_train
+from kml.run.runtime import VAL_SEED_OFFSET, benchmark_for, pick_device, seed_everything, use_allocated_cpus
 
 
 def run(cfg: DictConfig, run_dir: Path, logger: RunLogger) -> dict:
     """Train (or load `checkpoint` when eval_only), evaluate on the test split, write results.json."""
     device = pick_device(cfg.device)
     use_allocated_cpus()
-    check_episodes(cfg)
+    data = benchmark_for(cfg)
+    # Fail before training if any split cannot serve its episodes (missing data, too few images).
+    data.check({"train": cfg.train.query, "val": cfg.eval.query, "test": cfg.eval.query})
     if cfg.eval_only:
         if not cfg.checkpoint:
             raise ConfigError("eval_only=true needs checkpoint=PATH (a run's best.pt or last.pt)")
-        learner = load_learner(cfg.checkpoint, cfg.way, device)
+        learner, _ = load_learner(cfg.checkpoint, cfg.way, device)
     else:
-        learner = train(cfg, run_dir, logger, device)
-    return evaluate_and_report(learner, cfg, run_dir, logger, device)
+        learner = train(cfg, run_dir, logger, device, data)
+    return evaluate_and_report(learner, data, cfg, run_dir, logger, device)
 
 
-def train(cfg: DictConfig, run_dir: Path, logger: RunLogger, device: torch.device):
+def train(cfg: DictConfig, run_dir: Path, logger: RunLogger, device: torch.device, data: Benchmark):
     seed_everything(cfg.seed)
     learner = build_learner(cfg).to(device)
     optimizer = build_optimizer(learner, cfg)
     print(describe(learner))
-    modes = list(cfg.benchmark.modes)
-    sampler = sampler_for(cfg, modes, "train", cfg.train.query, cfg.train.meta_batch, seed=cfg.seed,
-                          policy=cfg.data.mode_policy)
+    modes = data.modes
+    sampler = data.sampler("train", cfg.train.query, cfg.train.meta_batch, seed=cfg.seed, policy=cfg.data.mode_policy)
 
     def compute_gradients(iteration: int) -> dict[str, float]:
         batch = sampler.sample()
@@ -53,15 +50,22 @@ def train(cfg: DictConfig, run_dir: Path, logger: RunLogger, device: torch.devic
                 **per_mode_accuracy(metrics["task_accuracy"], batch.mode.tolist(), modes)}
 
     def validate() -> dict[str, float]:
-        val = summarise(task_accuracies(learner, modes, "val", cfg, cfg.train.val_tasks_per_mode,
+        val = summarise(task_accuracies(learner, data, "val", cfg, cfg.train.val_tasks_per_mode,
                                         cfg.eval.seed + VAL_SEED_OFFSET, device, desc="validate"))
         return {"accuracy": val["overall"]["mean"], **{f"{m}/accuracy": s["mean"] for m, s in val["per_mode"].items()}}
 
-    analysis = Transference(cfg, device)  # measures at transference.iterations when transference=on
+    context = RunContext(cfg, run_dir, device, logger, data, learner)
+    hooks = build_hooks(cfg)
+    for hook in hooks:
+        hook.start(context)
+
+    def after_step(step: int) -> None:
+        for hook in hooks:
+            hook.after_step(context, step)
+
     meta_train(MetaTraining(learner, optimizer, compute_gradients, validate, score="accuracy",
                             higher_is_better=True, divergence_hint="lower learner.lr?", resumable={"sampler": sampler},
-                            after_step=lambda step: analysis.maybe_measure(learner, step, logger),
-                            progress=("loss", "accuracy")), cfg, run_dir, logger)
+                            after_step=after_step, progress=("loss", "accuracy")), cfg, run_dir, logger)
     return learner
 
 

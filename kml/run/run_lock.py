@@ -28,7 +28,7 @@ from datetime import datetime
 from pathlib import Path
 
 from kml.errors import RunFolderLocked
-from kml.safe_write import disk_full_reported
+from kml.run.safe_write import disk_full_reported
 
 LOCK_FILE = "run.lock"
 

@@ -1,5 +1,5 @@
 """Published test accuracies (%, mean and 95% CI), keyed by (method, benchmark, way, shot), for
-`kml.report --published`. Method and benchmark names are the ones runs write into results.json
+`python -m kml.report --published`. Method and benchmark names are the ones runs write into results.json
 (tests/test_report.py checks that every key is one a run or the report can produce).
 
 Transcribed from ../shared/paper/kml_neurips2021_results.json (tests/test_report.py compares the two when

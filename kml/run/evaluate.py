@@ -12,10 +12,10 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from kml.data.benchmark import sampler_for
-from kml.logger import RunLogger
-from kml.runtime import TEST_SEED_OFFSET
-from kml.safe_write import atomic_write
+from kml.data.benchmark import Benchmark
+from kml.run.logger import RunLogger
+from kml.run.runtime import TEST_SEED_OFFSET
+from kml.run.safe_write import atomic_write
 
 
 def mean_ci(values: list[float] | torch.Tensor, ddof: int = 1) -> dict:
@@ -26,15 +26,15 @@ def mean_ci(values: list[float] | torch.Tensor, ddof: int = 1) -> dict:
     return {"mean": x.mean().item(), "ci95": 1.96 * std / math.sqrt(n), "n": n}
 
 
-def task_accuracies(learner, modes: list[str], split: str, cfg, tasks_per_mode: int, seed: int,
+def task_accuracies(learner, data: Benchmark, split: str, cfg, tasks_per_mode: int, seed: int,
                     device: torch.device, desc: str = "eval") -> dict[str, torch.Tensor]:
     """Accuracy of every task, per mode. Same seed, same tasks: comparable across checkpoints and runs."""
     batch_size = int(cfg.eval.meta_batch)
     learner.eval()
     result = {}
-    with tqdm(total=tasks_per_mode * len(modes), desc=desc, unit="task", leave=False, mininterval=1.0) as bar:
-        for mode in modes:
-            sampler = sampler_for(cfg, [mode], split, cfg.eval.query, batch_size, seed=seed + mode_seed(mode))
+    with tqdm(total=tasks_per_mode * len(data.modes), desc=desc, unit="task", leave=False, mininterval=1.0) as bar:
+        for mode in data.modes:
+            sampler = data.sampler(split, cfg.eval.query, batch_size, seed=seed + mode_seed(mode), modes=[mode])
             accuracies = []
             for done in range(0, tasks_per_mode, batch_size):
                 batch = sampler.sample()
@@ -71,19 +71,19 @@ def write_results(path: Path, results: dict) -> None:
 
 def write_test_tasks(path: Path, per_mode: dict[str, torch.Tensor], seed: int) -> None:
     """Every test task's accuracy with its mode, in task order: two runs with the same eval.seed met the
-    same tasks, so their arrays compare pairwise (kml.report --compare)."""
+    same tasks, so their arrays compare pairwise (python -m kml.report --compare)."""
     arrays = {"accuracy": torch.cat(list(per_mode.values())).numpy(),
               "mode": np.concatenate([np.full(len(acc), i) for i, acc in enumerate(per_mode.values())]),
               "modes": np.array(list(per_mode)), "eval_seed": seed}
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def evaluate_and_report(learner, cfg: DictConfig, run_dir: Path, logger: RunLogger, device: torch.device) -> dict:
+def evaluate_and_report(learner, data: Benchmark, cfg: DictConfig, run_dir: Path, logger: RunLogger,
+                        device: torch.device) -> dict:
     """The test phase of a run: eval.tasks_per_mode tasks per mode from eval.seed, results.json and
     test_tasks.npz in the run folder, the table printed and logged."""
-    modes = list(cfg.benchmark.modes)
     seed = int(cfg.eval.seed)
-    per_mode = task_accuracies(learner, modes, "test", cfg, cfg.eval.tasks_per_mode, seed + TEST_SEED_OFFSET,
+    per_mode = task_accuracies(learner, data, "test", cfg, cfg.eval.tasks_per_mode, seed + TEST_SEED_OFFSET,
                                device, desc="test")
     results = {**summarise(per_mode, int(cfg.eval.std_ddof)), "method": learner.method_name,
                "benchmark": cfg.benchmark.name, "shot": int(cfg.shot), "way": int(cfg.way),

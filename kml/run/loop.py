@@ -13,9 +13,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from kml import checkpoint
 from kml.errors import TrainingDiverged
-from kml.logger import RunLogger
+from kml.run import checkpoint
+from kml.run.logger import RunLogger
 
 
 @dataclass

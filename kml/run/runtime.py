@@ -1,4 +1,4 @@
-"""What a run sets up before any work: its device, its seeds and its CPU threads."""
+"""What a run sets up before any work: its device, its seeds, its CPU threads and its data."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import random
 import numpy as np
 import torch
 
+from kml.data.benchmark import Benchmark, Serving
 from kml.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -35,3 +36,11 @@ def use_allocated_cpus() -> None:
     """On SLURM, as many torch threads as the job's CPUs (torch would otherwise use every core of the node)."""
     if os.environ.get("SLURM_CPUS_PER_TASK"):
         torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
+
+
+def benchmark_for(cfg) -> Benchmark:
+    """The run's modes as the config names them: `benchmark.modes` at `image_size`, `way`-way `shot`-shot,
+    served as the `data.*` switches say; each split is opened once, when first asked for."""
+    data = cfg.data
+    serving = Serving(str(data.split), bool(data.fc100_inverted), bool(data.aircraft_banner))
+    return Benchmark(list(cfg.benchmark.modes), data.root, int(cfg.image_size), int(cfg.way), int(cfg.shot), serving)

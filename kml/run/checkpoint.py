@@ -12,9 +12,10 @@ from pathlib import Path
 import torch
 
 from kml.errors import CheckpointError
-from kml.safe_write import atomic_write
+from kml.learners import Learner, learner_from_state
+from kml.run.safe_write import atomic_write
 
-__all__ = ["CheckpointError", "load", "save"]
+__all__ = ["CheckpointError", "load", "load_learner", "save"]
 
 FORMAT = "kml-checkpoint-1"
 
@@ -36,3 +37,12 @@ def load(path: str | Path) -> dict:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a kml checkpoint")
     return state
+
+
+def load_learner(path: str | Path, way: int, device: torch.device) -> tuple[Learner, dict]:
+    """The learner a checkpoint holds, on `device`, with `way` classes, and the checkpoint's state (its
+    config and iteration); says which file and iteration it evaluates."""
+    state = load(path)
+    learner = learner_from_state(state, way).to(device)
+    print(f"evaluating {path} (iteration {state['iteration']})")
+    return learner, state

@@ -1,6 +1,6 @@
 """`python launch.py task=mapper ...`: meta-train the meta-mapper, evaluate it, write results.json.
 
-Same contract as kml.train.run: periodic validation keeps best.pt (lowest adapted query loss on held-out
+Same contract as kml.run.train.run: periodic validation keeps best.pt (lowest adapted query loss on held-out
 tasks), last.pt is written atomically for exact resume, `eval_only=true checkpoint=PATH` evaluates a saved
 mapper. Task i of training is a function of (seed, i) alone, so resuming needs only the iteration.
 """
@@ -14,17 +14,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from kml import checkpoint
 from kml.errors import ConfigError
-from kml.evaluate import mean_ci, write_results
-from kml.logger import RunLogger
-from kml.loop import MetaTraining, meta_train
 from kml.mapper.encoders import load_lm
 from kml.mapper.frozen_lm import FrozenLM
 from kml.mapper.maml import MapperMAML
 from kml.mapper.mapper import MetaMapper, embedding_scale
 from kml.mapper.sources import test_tasks, training_episodes
-from kml.runtime import TEST_SEED_OFFSET, VAL_SEED_OFFSET, pick_device, seed_everything
+from kml.run import checkpoint
+from kml.run.evaluate import mean_ci, write_results
+from kml.run.logger import RunLogger
+from kml.run.loop import MetaTraining, meta_train
+from kml.run.runtime import TEST_SEED_OFFSET, VAL_SEED_OFFSET, pick_device, seed_everything
 
 PAPER_SETUP = ("clip_vit_b32", "gpt2")
 
