@@ -35,19 +35,19 @@ def sgd_step(
     grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
     step = {}
     for (name, p), g in zip(params.items(), grads, strict=True):
-        if clamp is not None and clamp_binds(g, clamp):
+        if clamp is not None and must_clamp(g, clamp):
             g = g.clamp(-clamp, clamp)
         step[name] = p - (lr[name] if isinstance(lr, Mapping) else lr) * g
     return step
 
 
-def clamp_binds(g: torch.Tensor, clamp: float) -> bool:
-    """Whether clamp(g, −c, c) touches any element: one at or beyond the bound (torch's clamp passes no
-    gradient at |g| = c). Where every |g| < c the clamp is the identity in value and in gradient, so
-    skipping it is exact; on a CPU the one-pass check costs less than the clamp's forward and backward
-    passes over weight-sized tensors (BENCHMARKS.md). Elsewhere it always clamps: the check would stall
-    a GPU on a host sync, and under torch.func transforms (kml.analysis.transference runs learners under vmap) it
-    would be data-dependent control flow."""
+def must_clamp(g: torch.Tensor, clamp: float) -> bool:
+    """Whether the step must apply clamp(g, −c, c). On a CPU: only where the clamp touches an element,
+    one at or beyond the bound (torch's clamp passes no gradient at |g| = c); where every |g| < c it is the
+    identity in value and in gradient, so skipping it is exact, and the one-pass check costs less than the
+    clamp's forward and backward passes over weight-sized tensors (BENCHMARKS.md). Elsewhere always (True
+    whether or not it binds): the check would stall a GPU on a host sync, and under torch.func transforms
+    (kml.analysis.transference runs learners under vmap) it would be data-dependent control flow."""
     if g.device.type != "cpu" or is_functorch_wrapped_tensor(g):
         return True
     low, high = torch.aminmax(g.detach())

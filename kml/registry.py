@@ -55,4 +55,11 @@ def build(node: Mapping[str, Any], group: str, *, exclude: Collection[str] = (),
             valid = sorted(set(parameters) - set(runtime))
             raise ConfigError(f"{group}.{unknown[0]} is not a setting of {node['_target_']}; "
                               f"its settings are: {', '.join(valid)}")
-    return target(**kwargs)
+    try:
+        return target(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as err:
+        # A constructor refusing a setting: the user's to fix, so one line naming the group, not a
+        # traceback. Project code raises ConfigError itself; this covers third-party and new modules.
+        raise ConfigError(f"{group}={node.get('name', node['_target_'])!r}: {err}") from err

@@ -13,8 +13,9 @@ from omegaconf import OmegaConf
 
 from kml.config import CONF_DIR
 from kml.data.episodes import Batch
-from kml.learners import batched, batched_conv, build_learner
+from kml.learners import batched, build_learner
 from kml.learners.batched import FastPath
+from kml.models import batched_conv
 from kml.models.functional import batch_norm, fused_batch_norm
 from tests.configs import LEARNERS, MODULATIONS, composed, tiny_config
 from tests.test_learners import random_batch, randomise_generator

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from kml import compare, report
+from kml.analysis import compare, report
 from kml.analysis.runs import find_results
 from kml.run.evaluate import evaluate_and_report
 from kml.run.logger import RunLogger
+from kml.run.runtime import benchmark_for
 from tests.configs import composed
 
 
@@ -41,7 +42,7 @@ def met_tasks(synthetic_root, tmp_path, *overrides):
     learner = TaskRecorder()
     folder = tmp_path / "_".join(overrides)
     folder.mkdir()
-    evaluate_and_report(learner, cfg, folder, RunLogger(folder, mode="disabled"), torch.device("cpu"))
+    evaluate_and_report(learner, benchmark_for(cfg), cfg, folder, RunLogger(folder, mode="disabled"), torch.device("cpu"))
     return learner.tasks, folder
 
 

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from kml import report
+from kml.analysis import report
 from kml.data import folder, store
 from tests import archives
 from tests.runs import TINY_SIZE, launch, repo_copy, run_in, tiny_overrides

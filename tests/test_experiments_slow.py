@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from kml import report
+from kml.analysis import report
 from kml.data.prepare import prepare
 from tests import archives
 from tests.configs import options

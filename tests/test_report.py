@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from kml import report
+from kml.analysis import report
 from kml.run.evaluate import mean_ci
 
 

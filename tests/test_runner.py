@@ -7,7 +7,8 @@ import pytest
 import torch
 import yaml
 
-from kml.run import checkpoint, report
+from kml.analysis import report
+from kml.run import checkpoint
 from kml.run.train import per_mode_accuracy
 from tests.runs import launch, start, tiny_overrides
 

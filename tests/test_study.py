@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from kml import study
+from kml.analysis import study
 from kml.data.prepare import prepare
 from kml.run.run_lock import RunLock
 from tests.test_compare import fabricated_study

@@ -13,12 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
+from kml.analysis import plots, transference
 from kml.data.episodes import Batch
 from kml.errors import ConfigError
 from kml.learners import build_learner
-from kml.run import checkpoint, plots, transference
+from kml.run import checkpoint
 from kml.run.logger import RunLogger
-from kml.run.runtime import pick_device
+from kml.run.runtime import benchmark_for, pick_device
 from kml.run.train import train
 from tests import configs
 from tests.runs import compose, tiny_overrides
@@ -182,7 +183,7 @@ class RecordingLogger(RunLogger):
 
 def train_tiny(cfg, run_dir: Path):
     logger = RecordingLogger(run_dir)
-    learner = train(cfg, run_dir, logger, pick_device("cpu"))
+    learner = train(cfg, run_dir, logger, pick_device("cpu"), benchmark_for(cfg))
     logger.finish()
     return learner, logger
 
@@ -195,7 +196,7 @@ def trained(synthetic_root, tmp_path_factory):
     on_dir, off_dir = tmp_path_factory.mktemp("on"), tmp_path_factory.mktemp("off")
     on_cfg = tiny_config(synthetic_root, config_group("transference", "on"), *settings)
     off_cfg = tiny_config(synthetic_root, config_group("transference", "off"), *settings)
-    assert on_cfg.transference.enabled and not off_cfg.transference.enabled
+    assert "transference" in on_cfg.hooks and "transference" not in off_cfg.hooks  # on attaches the hook
     on, on_logger = train_tiny(on_cfg, on_dir)
     off, _ = train_tiny(off_cfg, off_dir)
     return {"on": (on, on_dir, on_logger, on_cfg), "off": (off, off_dir)}
@@ -294,15 +295,15 @@ def test_reverse_measures_the_other_direction_as_a_swapped_configuration_would(t
 def test_bad_settings_name_the_choices(synthetic_root, tmp_path):
     cfg = tiny_config(synthetic_root, config_group("transference", "on"), "transference.target_mode=fc100")
     with pytest.raises(ConfigError, match="not a mode of benchmark synthetic; choose one of: synthetic_glyphs"):
-        transference.Transference(cfg, torch.device("cpu"))
+        transference.Transference(cfg, torch.device("cpu"), benchmark_for(cfg))
     cfg = tiny_config(synthetic_root, config_group("transference", "on"), "transference.split=train")
     with pytest.raises(ConfigError, match="choose one of val, test"):
-        transference.Transference(cfg, torch.device("cpu"))
+        transference.Transference(cfg, torch.device("cpu"), benchmark_for(cfg))
     cfg = tiny_config(synthetic_root, config_group("transference", "on"), "transference.iterations=[13,5000]")
     with pytest.raises(ConfigError, match=r"none in 1..train.iterations=12, so nothing would be measured"):
-        transference.Transference(cfg, torch.device("cpu"))
+        transference.Transference(cfg, torch.device("cpu"), benchmark_for(cfg))
     cfg = tiny_config(synthetic_root, config_group("transference", "off"))
-    assert not transference.Transference(cfg, torch.device("cpu")).enabled  # off: its defaults lie past 12
+    assert "transference" not in cfg.hooks  # off attaches no hook: its default iterations (past 12) are never checked
     logger = RunLogger(tmp_path, mode="disabled")
     with pytest.raises(ConfigError, match="checkpoint=PATH"):
         transference.run(cfg, tmp_path, logger)

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from kml.data.episodes import Batch
-from kml.models import Conv4, LayerModulation, TaskModulator
+from kml.learners.batched import FastPath, check_backbone, has_batched_forward
+from kml.models import LayerModulation, TaskModulator
 
 Modulation = list[LayerModulation | None]
 
@@ -28,23 +29,34 @@ class Learner(nn.Module):
     evaluate(batch) -> [T] query accuracies, without building any outer graph.
 
     `batch` is a kml.data.episodes.Batch already on the learner's device with float images in [0, 1].
+
+    The backbone offers `forward(x, modulation=None)`, `layer_shapes` (what a modulator is sized by) and,
+    optionally, `batched_forward` for the fast path (kml/models/backbones.py).
     Call evaluate() plainly or under torch.no_grad(), which it tolerates; MAML needs autograd for its
     inner loop and turns it back on itself.
     """
 
     needs_head: bool = False
 
-    def __init__(self, backbone: Conv4, modulator: TaskModulator | None, way: int) -> None:
+    def __init__(self, backbone: nn.Module, modulator: TaskModulator | None, way: int,
+                 fast_path: FastPath | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.modulator = modulator
         self.way = way
         self.method_name = type(self).__name__  # build_learner sets the paper's name from the config
+        self.fast_path = fast_path or FastPath()
+        check_backbone(self.fast_path, backbone)
+
+    def runs_batched(self, device: torch.device) -> bool:
+        """Whether a batch's tasks run together: the fast path asks for it and the backbone has its own
+        `batched_forward` (kml.learners.batched); otherwise the per-task loop."""
+        return has_batched_forward(self.backbone) and self.fast_path.use_batched(device)
 
     def task_modulation(self, images: torch.Tensor) -> Modulation:
         """One task's modulation, computed from its images [N*K, C, H, W] (its support set)."""
         if self.modulator is None:
-            return [None] * len(self.backbone.blocks)
+            return [None] * len(self.backbone.layer_shapes)
         return self.modulator(images)
 
     def task_logits(

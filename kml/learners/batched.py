@@ -1,13 +1,11 @@
 """The tasks of a meta-batch together: the fast path of MAML and ProtoNet, and its switches.
 
-Tasks are laid side by side along the channel axis: images [T, B, C, H, W] become one tensor
-[B, T·C, H, W], each conv layer runs every task's own (adapted, modulated) kernel on its own channels
-(kml.models.batched_conv), and batch-statistics BN needs no change in that layout: its per-channel
-statistics over (B, H, W) are exactly each task's statistics, so torch's fused batch norm does all
-tasks in one call. An inner step is then ~20 ops on large tensors instead of ~20·T on small ones, which
-is what costs on a CPU at small image sizes (per-op dispatch and Python) and on a GPU (kernel launches).
-With large images on a CPU the work is compute-bound and the tasks go through in smaller groups
-(`tasks_per_pass`), which keeps the activations small.
+The backbone runs every task at once through its own `batched_forward` (Conv4's lays the tasks side by
+side along the channel axis; kml/models/backbones.py); a backbone without one runs through the per-task
+loop, and `describe` says so at the start of a run. An inner step is then ~20 ops on large tensors instead
+of ~20·T on small ones, which is what costs on a CPU at small image sizes (per-op dispatch and Python) and
+on a GPU (kernel launches). With large images on a CPU the work is compute-bound and the tasks go through
+in smaller groups (`tasks_per_pass`), which keeps the activations small.
 
 The gradient of the sum of the tasks' support losses w.r.t. the per-task parameters [T, ...] is each
 task's own inner gradient, so the inner loop, its clamp and the second-order graph are the per-task
@@ -26,9 +24,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from kml.models import Conv4, LayerModulation, TaskModulator, batched_conv
-from kml.models.functional import fused_batch_norm
+from kml.errors import ConfigError
+from kml.models import LayerModulation, TaskModulator, batched_conv
 
 Params = dict[str, torch.Tensor]
 # One LayerModulation per conv layer whose tensors carry a leading task axis T (None: unmodulated).
@@ -42,7 +41,8 @@ def _flag(value: Any, key: str, allowed: tuple[str, ...]) -> bool | str:
     if text in ("true", "false"):
         return text == "true"
     if text not in allowed:
-        raise ValueError(f"learner.fast_path.{key}={value!r}; choose one of true, false, {', '.join(allowed)}")
+        raise ConfigError(f"learner.fast_path.{key}={value!r} is not valid; choose one of true, false, "
+                          f"{', '.join(allowed)}")
     return text
 
 
@@ -53,7 +53,8 @@ class FastPath:
     `autocast` (bfloat16 forward passes); results agree to float rounding.
 
     batched: run a meta-batch's tasks together (this module); auto = on, on CPU and CUDA, where it was
-        measured faster (BENCHMARKS.md). Off = the plain per-task loop, the reference implementation.
+        measured faster (BENCHMARKS.md), for a backbone that has a `batched_forward`. Off = the plain
+        per-task loop, the reference implementation.
     tasks_per_pass: how many tasks go through together; auto = all on a GPU, on a CPU as many as keep
         the input images of a pass under CPU_PASS_BYTES (~4 tasks at 32 px, one at 84 px).
     conv: how a layer's per-task convolutions run (kml.models.batched_conv): auto (a fixed per-shape
@@ -83,7 +84,8 @@ class FastPath:
         if per_pass != "auto" and (
             isinstance(per_pass, bool) or not isinstance(per_pass, int) or per_pass < 1
         ):
-            raise ValueError(f"learner.fast_path.tasks_per_pass={per_pass!r}; choose auto or a positive integer")
+            raise ConfigError(f"learner.fast_path.tasks_per_pass={per_pass!r} is not valid; choose auto or a positive "
+                              "integer")
         return cls(
             batched=_flag(cfg["batched"], "batched", ("auto",)),
             tasks_per_pass=per_pass,
@@ -125,8 +127,24 @@ class FastPath:
         return "inductor" if self.compile is True else str(self.compile)
 
 
+def has_batched_forward(backbone: nn.Module) -> bool:
+    return callable(getattr(backbone, "batched_forward", None))
+
+
+def check_backbone(fast_path: FastPath, backbone: nn.Module) -> None:
+    """`batched=true` asks for what a backbone without `batched_forward` cannot do; auto falls back."""
+    if fast_path.batched is True and not has_batched_forward(backbone):
+        raise ConfigError(f"learner.fast_path.batched=true, but backbone {type(backbone).__name__} has no "
+                          "batched_forward; use learner.fast_path.batched=auto or false (the per-task loop)")
+
+
+def _batched_forward(backbone: nn.Module, params: Params, x: torch.Tensor, modulation: BatchedModulation,
+                     channels_last: bool, conv: str) -> torch.Tensor:
+    return backbone.batched_forward(params, x, modulation, channels_last, conv)
+
+
 class BatchedBackbone:
-    """The backbone's batched forward as the fast path asks for it: eager, or compiled (once per backend)."""
+    """The backbone's own batched forward as the fast path asks for it: eager, or compiled (once per backend)."""
 
     def __init__(self) -> None:
         self._compiled: dict[str, Callable] = {}
@@ -134,7 +152,7 @@ class BatchedBackbone:
     def __call__(
         self,
         fast_path: FastPath,
-        backbone: Conv4,
+        backbone: nn.Module,
         params: Params,
         x: torch.Tensor,
         modulation: BatchedModulation,
@@ -145,9 +163,9 @@ class BatchedBackbone:
         backend = fast_path.compile_backend()
         channels_last = fast_path.use_channels_last(x.device, twice=twice)
         if backend is None or twice:
-            return forward(backbone, params, x, modulation, channels_last, fast_path.conv)
+            return _batched_forward(backbone, params, x, modulation, channels_last, fast_path.conv)
         if backend not in self._compiled:
-            self._compiled[backend] = torch.compile(forward, backend=backend, dynamic=False)
+            self._compiled[backend] = torch.compile(_batched_forward, backend=backend, dynamic=False)
         # Timing candidates (conv timed) cannot happen inside a traced graph: compiled, it is the rule.
         conv = "auto" if fast_path.conv == "timed" else fast_path.conv
         return self._compiled[backend](backbone, params, x, modulation, channels_last, conv)
@@ -194,11 +212,7 @@ def task_modulation(
     ]
 
 
-def detach_modulation(modulation: BatchedModulation) -> BatchedModulation:
-    return [None if m is None else m.detach() for m in modulation]
-
-
-def per_task_parameters(backbone: Conv4, tasks: int, *, detach: bool = False) -> Params:
+def per_task_parameters(backbone: nn.Module, tasks: int, *, detach: bool = False) -> Params:
     """The backbone's parameters broadcast to [T, ...]: views, so the meta-gradient sums over tasks;
     with `detach`, fresh leaves (evaluation's inner loop, which builds no outer graph)."""
     params = {}
@@ -208,42 +222,6 @@ def per_task_parameters(backbone: Conv4, tasks: int, *, detach: bool = False) ->
         else:
             params[name] = p.unsqueeze(0).expand(tasks, *p.shape)
     return params
-
-
-def forward(
-    backbone: Conv4,
-    params: Params,
-    x: torch.Tensor,
-    modulation: BatchedModulation,
-    channels_last: bool = False,
-    conv: str = "auto",
-) -> torch.Tensor:
-    """The backbone on every task at once: x [T, B, C, H, W] with params [T, ...] → [T, B, out], where
-    `out` is the head's logits (MAML) or the flattened feature map (ProtoNet), as Conv4.forward."""
-    tasks, images = x.shape[:2]
-    h = x.transpose(0, 1).reshape(images, tasks * x.shape[2], *x.shape[3:])
-    if channels_last:
-        h = h.contiguous(memory_format=torch.channels_last)
-    for i, (block, m) in enumerate(zip(backbone.blocks, modulation, strict=True)):
-        prefix = f"blocks.{i}."
-        weight, bias = params[prefix + "conv.weight"], params[prefix + "conv.bias"]
-        if m is not None:
-            weight, bias = m.kernel(weight), m.bias(bias)
-        h = batched_conv.conv(conv, h, weight, bias, block.conv.stride[0], block.conv.padding[0])
-        norm_weight, norm_bias = params.get(prefix + "norm.weight"), params.get(prefix + "norm.bias")
-        if norm_weight is not None:  # [T, C] → the [T·C] channel layout; absent with bn_affine=false
-            norm_weight, norm_bias = norm_weight.reshape(-1), norm_bias.reshape(-1)
-        h = fused_batch_norm(h, norm_weight, norm_bias, block.norm.eps)
-        if m is not None:
-            h = m.features(h)  # FiLM's [T, C_out] scale and shift, viewed as the [T·C_out] channels
-        h = F.relu(h)
-        if block.max_pool:
-            h = F.max_pool2d(h, 2)
-    if backbone.head is None:
-        return h.reshape(images, tasks, -1).transpose(0, 1)  # [B, T·C, H, W] → [T, B, C·H·W]
-    features = h.mean(dim=(2, 3)).view(images, tasks, -1)  # [B, T, C]
-    logits = torch.einsum("btc,toc->tbo", features, params["head.weight"])
-    return logits + params["head.bias"].unsqueeze(1)
 
 
 def task_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.func import functional_call
 
 from kml.data.episodes import Batch
+from kml.errors import ConfigError
 from kml.inner_loop import sgd_step
 from kml.learners import batched
 from kml.learners.base import Learner, Modulation, accuracy, detach_modulation, summarise
 from kml.learners.batched import FastPath
-from kml.models import Conv4, TaskModulator
+from kml.models import TaskModulator
 
 Params = dict[str, torch.Tensor]
 
@@ -30,7 +32,7 @@ class MAML(Learner):
 
     def __init__(
         self,
-        backbone: Conv4,
+        backbone: nn.Module,
         modulator: TaskModulator | None,
         way: int,
         *,
@@ -42,14 +44,13 @@ class MAML(Learner):
         fast_path: FastPath | None = None,
     ) -> None:
         if backbone.head is None or backbone.head.out_features != way:
-            raise ValueError("MAML needs a backbone with a `way`-output head")
-        super().__init__(backbone, modulator, way)
+            raise ConfigError(f"learner=maml needs a backbone with a {way}-output head (backbone.num_classes)")
+        super().__init__(backbone, modulator, way, fast_path)
         self.inner_lr = float(inner_lr)
         self.train_steps = int(train_steps)
         self.test_steps = int(test_steps)
         self.grad_clip = None if grad_clip is None else float(grad_clip)
         self.first_order = bool(first_order)
-        self.fast_path = fast_path or FastPath()
         self._batched_backbone = batched.BatchedBackbone()
 
     def logits(self, params: Params, x: torch.Tensor, modulation: Modulation) -> torch.Tensor:
@@ -108,7 +109,7 @@ class MAML(Learner):
     def meta_loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:
         device = batch.support_x.device
         with self.fast_path.precision(device):
-            if self.fast_path.use_batched(device):
+            if self.runs_batched(device):
                 return self._batched_meta_loss(batch)
             return self.per_task_meta_loss(batch)
 
@@ -117,7 +118,7 @@ class MAML(Learner):
         # Inference tensors cannot be saved for backward, so leave inference mode (should the caller be in
         # it) and copy the support set out of it for the inner loop.
         with torch.inference_mode(False), self.fast_path.precision(device):
-            if self.fast_path.use_batched(device):
+            if self.runs_batched(device):
                 return self._batched_evaluate(batch)
             return self._per_task_evaluate(batch)
 
@@ -160,12 +161,12 @@ class MAML(Learner):
         return params
 
     def _batched_meta_loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:
-        modulation = batched.task_modulation(self.modulator, batch.support_x, len(self.backbone.blocks))
+        modulation = batched.task_modulation(self.modulator, batch.support_x, len(self.backbone.layer_shapes))
         losses, accuracies = [], []
         parts = self.fast_path.passes(batch.query_x)
         for part, part_modulation in zip(parts, batched.split(modulation, parts), strict=True):
             # As in the per-task loop: first order may let the inner loop see the modulation detached.
-            part_inner = batched.detach_modulation(part_modulation) if self.first_order else part_modulation
+            part_inner = detach_modulation(part_modulation) if self.first_order else part_modulation
             with torch.enable_grad():  # as `adapt`: the inner loop differentiates inside a caller's no_grad too
                 start = batched.per_task_parameters(self.backbone, part.stop - part.start)
             params = self.batched_adapt(
@@ -191,7 +192,7 @@ class MAML(Learner):
     def _batched_evaluate(self, batch: Batch) -> torch.Tensor:
         support_x, support_y = batch.support_x.clone(), batch.support_y.clone()
         with torch.no_grad():
-            modulation = batched.task_modulation(self.modulator, support_x, len(self.backbone.blocks))
+            modulation = batched.task_modulation(self.modulator, support_x, len(self.backbone.layer_shapes))
         accuracies = []
         parts = self.fast_path.passes(batch.query_x)
         for part, part_modulation in zip(parts, batched.split(modulation, parts), strict=True):

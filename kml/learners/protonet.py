@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from kml.data.episodes import Batch
+from kml.errors import ConfigError
 from kml.learners import batched
 from kml.learners.base import Learner, summarise
 from kml.learners.batched import FastPath
-from kml.models import Conv4, TaskModulator
+from kml.models import TaskModulator
 
 TRANSDUCTIVE = ("none", "released", "corrected")
 
@@ -38,7 +40,7 @@ class ProtoNet(Learner):
 
     def __init__(
         self,
-        backbone: Conv4,
+        backbone: nn.Module,
         modulator: TaskModulator | None,
         way: int,
         *,
@@ -47,13 +49,13 @@ class ProtoNet(Learner):
         fast_path: FastPath | None = None,
     ) -> None:
         if backbone.head is not None:
-            raise ValueError("ProtoNet embeds with the flattened features: build the backbone without a head")
+            raise ConfigError("learner=protonet embeds with the flattened features: build the backbone without a head")
         if transductive not in TRANSDUCTIVE:
-            raise ValueError(f"learner.transductive={transductive!r}; choose one of {', '.join(TRANSDUCTIVE)}")
-        super().__init__(backbone, modulator, way)
+            raise ConfigError(f"learner.transductive={transductive!r} is not valid; choose one of "
+                              f"{', '.join(TRANSDUCTIVE)}")
+        super().__init__(backbone, modulator, way, fast_path)
         self.transductive = transductive
         self.query_task_embedding = bool(query_task_embedding)
-        self.fast_path = fast_path or FastPath()
         self._batched_backbone = batched.BatchedBackbone()
 
     def settings_summary(self) -> str | None:
@@ -84,7 +86,7 @@ class ProtoNet(Learner):
         self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor
     ) -> torch.Tensor:
         """All tasks at once: support [T, N·K, ...], query [T, N·Q, ...] → [T, N·Q, way] logits."""
-        layers = len(self.backbone.blocks)
+        layers = len(self.backbone.layer_shapes)
         support_modulation = batched.task_modulation(self.modulator, support_x, layers)
         query_modulation = (batched.task_modulation(self.modulator, query_x, layers)
                             if self.query_task_embedding else support_modulation)
@@ -105,7 +107,7 @@ class ProtoNet(Learner):
     def meta_loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:
         device = batch.support_x.device
         with self.fast_path.precision(device):
-            if self.fast_path.use_batched(device):
+            if self.runs_batched(device):
                 logits = self.batched_query_logits(batch.support_x, batch.support_y, batch.query_x)
                 losses = batched.task_losses(logits, batch.query_y)
                 return summarise(losses, batched.task_accuracies(logits.detach(), batch.query_y))
@@ -115,7 +117,7 @@ class ProtoNet(Learner):
     def evaluate(self, batch: Batch) -> torch.Tensor:
         device = batch.support_x.device
         with self.fast_path.precision(device):
-            if self.fast_path.use_batched(device):
+            if self.runs_batched(device):
                 logits = self.batched_query_logits(batch.support_x, batch.support_y, batch.query_x)
             else:
                 logits = torch.stack([self.task_logits(batch.support_x[t], batch.support_y[t], batch.query_x[t])

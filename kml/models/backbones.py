@@ -3,6 +3,10 @@
 Every parameter lives in an ordinary nn.Module, and forward() reads them only through attribute
 access, so `torch.func.functional_call(backbone, params, (x,), {"modulation": m})` runs the very same
 network on a MAML inner-loop parameter dict.
+
+A backbone may also offer `batched_forward`: the same network on every task of a meta-batch at once, each
+with its own parameters and modulation, which the learners' fast path (kml.learners.batched) runs. A
+backbone without one runs through the learners' per-task loop.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kml.models.functional import BatchStatNorm2d
+from kml.errors import ConfigError
+from kml.models import batched_conv
+from kml.models.functional import BatchStatNorm2d, fused_batch_norm
 from kml.models.modulation import LayerModulation, LayerShape
 
 
@@ -81,7 +87,7 @@ class Conv4(nn.Module):
                     nn.init.xavier_uniform_(layer.weight)
                     nn.init.zeros_(layer.bias)
         elif init != "default":
-            raise ValueError(f"backbone.init={init!r}; choose default or xavier")
+            raise ConfigError(f"backbone.init={init!r} is not valid; choose default or xavier")
 
     @property
     def layer_shapes(self) -> list[LayerShape]:
@@ -97,6 +103,47 @@ class Conv4(nn.Module):
         if self.head is None:
             return x.flatten(start_dim=1)
         return self.head(x.mean(dim=(2, 3)))
+
+    def batched_forward(
+        self,
+        params: dict[str, torch.Tensor],
+        x: torch.Tensor,
+        modulation: Sequence[LayerModulation | None],
+        channels_last: bool = False,
+        conv: str = "auto",
+    ) -> torch.Tensor:
+        """forward() on every task at once: x [T, B, C, H, W] with params [T, ...] (this module's parameter
+        names) and each LayerModulation's tensors carrying the task axis T → [T, B, out], `out` the head's
+        logits or the flattened feature map, as forward().
+
+        Tasks are laid side by side along the channel axis, [B, T·C, H, W]: each conv runs every task's
+        own (adapted, modulated) kernel on its own channels (kml.models.batched_conv, `conv` picks how),
+        and batch-statistics BN needs no change in that layout, since its per-channel statistics over
+        (B, H, W) are exactly each task's, so one fused call normalises all tasks."""
+        tasks, images = x.shape[:2]
+        h = x.transpose(0, 1).reshape(images, tasks * x.shape[2], *x.shape[3:])
+        if channels_last:
+            h = h.contiguous(memory_format=torch.channels_last)
+        for i, (block, m) in enumerate(zip(self.blocks, modulation, strict=True)):
+            prefix = f"blocks.{i}."
+            weight, bias = params[prefix + "conv.weight"], params[prefix + "conv.bias"]
+            if m is not None:
+                weight, bias = m.kernel(weight), m.bias(bias)
+            h = batched_conv.conv(conv, h, weight, bias, block.conv.stride[0], block.conv.padding[0])
+            norm_weight, norm_bias = params.get(prefix + "norm.weight"), params.get(prefix + "norm.bias")
+            if norm_weight is not None:  # [T, C] → the [T·C] channel layout; absent with bn_affine=false
+                norm_weight, norm_bias = norm_weight.reshape(-1), norm_bias.reshape(-1)
+            h = fused_batch_norm(h, norm_weight, norm_bias, block.norm.eps)
+            if m is not None:
+                h = m.features(h)  # FiLM's [T, C_out] scale and shift, viewed as the [T·C_out] channels
+            h = F.relu(h)
+            if block.max_pool:
+                h = F.max_pool2d(h, 2)
+        if self.head is None:
+            return h.reshape(images, tasks, -1).transpose(0, 1)  # [B, T·C, H, W] → [T, B, C·H·W]
+        features = h.mean(dim=(2, 3)).view(images, tasks, -1)  # [B, T, C]
+        logits = torch.einsum("btc,toc->tbo", features, params["head.weight"])
+        return logits + params["head.bias"].unsqueeze(1)
 
 
 def conv4(

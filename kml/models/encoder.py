@@ -14,8 +14,9 @@ from kml.models.functional import BatchStatNorm2d, task_batch_norm
 class TaskEncoder(nn.Module):
     """4 × [conv3×3 stride 2 → BN → ReLU], spatial mean, Linear + ReLU per image, mean over images.
 
-    It is only ever given the support set: the official KML code also feeds the query images, which
-    leaks query information into the modulation; here the query set cannot influence v.
+    The learners give it the support set, so the query set cannot influence v. The official KML code also
+    feeds it the query images, which leaks query information into the modulation; ProtoNet's
+    `query_task_embedding=true` (protocol=released) reproduces that by encoding the query images too.
     """
 
     def __init__(self, in_channels: int, channels: Sequence[int], embedding_dim: int) -> None:

@@ -16,6 +16,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from kml.errors import ConfigError
+
 # (C_out, C_in, k) of one conv layer; the generators are sized from the backbone's list of these.
 LayerShape = tuple[int, int, int]
 
@@ -23,8 +25,8 @@ LayerShape = tuple[int, int, int]
 class LayerModulation(NamedTuple):
     """What to change in one conv layer; None fields leave that part untouched.
 
-    A NamedTuple (not a dataclass) because torch's pytree utilities, and so a future vmap over tasks,
-    understand NamedTuples out of the box.
+    A NamedTuple (not a dataclass) because torch's pytree utilities, and so torch.func.vmap (the
+    transference analysis runs learners under it), understand NamedTuples out of the box.
     """
 
     # KML's factor, shaped like the conv weight: Ŵ = W ⊙ factor, with factor = 1 + M_l (paper) or M_l
@@ -59,7 +61,7 @@ INITS = ("identity", "default")
 
 def _check_init(init: str) -> None:
     if init not in INITS:
-        raise ValueError(f"modulation.init={init!r}; choose one of {', '.join(INITS)}")
+        raise ConfigError(f"modulation.init={init!r} is not valid; choose one of {', '.join(INITS)}")
 
 
 class FiLMGenerator(nn.Module):
@@ -110,7 +112,7 @@ class KMLGenerator(nn.Module):
         super().__init__()
         _check_init(init)
         if not identity and init == "identity":
-            raise ValueError("modulation.identity=false with init=identity makes M = 0, which zeroes every "
+            raise ConfigError("modulation.identity=false with init=identity makes M = 0, which zeroes every "
                              "kernel; use modulation.init=default (as the released code)")
         self.embedding_dim = embedding_dim
         self.layer_shapes = [tuple(shape) for shape in layer_shapes]
@@ -122,11 +124,12 @@ class KMLGenerator(nn.Module):
                        for i, (c_out, c_in, k) in enumerate(self.layer_shapes)]
         self.factors = [tuple(int(n) for n in pair) for pair in factors]
         if len(self.factors) != len(self.layer_shapes):
-            raise ValueError(f"modulation.factors has {len(self.factors)} pairs for {len(self.layer_shapes)} layers")
+            raise ConfigError(f"modulation.factors has {len(self.factors)} pairs for {len(self.layer_shapes)} layers; "
+                              "give one (out, in) pair per conv layer, or null (the paper) or released")
         for (a, b), (c_out, c_in, k) in zip(self.factors, self.layer_shapes, strict=True):
             if a * b != c_out * c_in * k * k:
-                raise ValueError(f"modulation.factors pair ({a}, {b}) has {a * b} entries, not the "
-                                 f"{c_out * c_in * k * k} of a ({c_out}, {c_in}, {k}, {k}) kernel")
+                raise ConfigError(f"modulation.factors pair ({a}, {b}) has {a * b} entries, not the "
+                                 f"{c_out * c_in * k * k} of a ({c_out}, {c_in}, {k}, {k}) kernel; its product must match")
         self.out_factors = nn.ModuleList(nn.Linear(embedding_dim, a) for a, _ in self.factors)
         self.in_factors = nn.ModuleList(nn.Linear(embedding_dim, b) for _, b in self.factors)
         self.bias_shifts = nn.ModuleList(nn.Linear(embedding_dim, c_out) for c_out, _, _ in layer_shapes)

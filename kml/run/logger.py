@@ -14,6 +14,7 @@ import time
 import warnings
 from pathlib import Path
 
+from kml.errors import ConfigError
 from kml.run.safe_write import append
 
 MODES = ("online", "offline", "disabled")
@@ -25,7 +26,7 @@ def resolve_mode(mode: str | None) -> str:
         has_key = bool(os.environ.get("WANDB_API_KEY")) or "api.wandb.ai" in _netrc()
         return "online" if has_key else "offline"
     if mode not in MODES:
-        raise ValueError(f"logger.mode={mode!r} is not valid; choose one of: auto, {', '.join(MODES)}")
+        raise ConfigError(f"logger.mode={mode!r} is not valid; choose one of: auto, {', '.join(MODES)}")
     return mode
 
 
