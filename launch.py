@@ -1,4 +1,6 @@
-"""The one entry point: `python launch.py [overrides]`, `python launch.py -m ...` for sweeps."""
+"""The Hydra entry point: `python launch.py [overrides]`, `python launch.py -m ...` for sweeps. It composes the
+config and runs one job; the other entry points are the `python -m` tools (kml.data, kml.report, kml.study,
+kml.bench)."""
 from __future__ import annotations
 
 import sys

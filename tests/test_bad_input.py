@@ -83,3 +83,21 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
         checkpoint.save({"iteration": 2}, target)
     assert checkpoint.load(target)["iteration"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["learner.transductive=foo"], "learner.transductive='foo' is not valid; choose one of none, released, corrected"),
+    (["modulation=kml", "modulation.factors=[[1,2]]"], "modulation.factors has 1 pairs for 4 layers"),
+    (["modulation=kml", "modulation.init=foo"], "modulation.init='foo' is not valid; choose one of identity, default"),
+    (["backbone.init=foo"], "backbone.init='foo' is not valid; choose default or xavier"),
+    (["learner.fast_path.tasks_per_pass=0"], "learner.fast_path.tasks_per_pass=0 is not valid; choose auto or a"),
+    (["learner.fast_path.conv=fastest"], "learner.fast_path.conv='fastest' is not valid; choose one of true, false, auto"),
+    (["data.mode_policy=random"], "data.mode_policy='random' is not valid; choose one of: balanced, uniform"),
+    (["logger.mode=loud"], "logger.mode='loud' is not valid"),
+])
+def test_a_mistake_found_while_building_is_one_line(synthetic_root, tmp_path, overrides, message):
+    """Learner, modulation, backbone, fast path, sampler and logger: each builder's check ends in the one
+    `error:` line with the key and the valid values, exit status 2, no traceback, before any training."""
+    done = launch(tiny_overrides(synthetic_root) + overrides + [f"hydra.run.dir={tmp_path}"])
+    assert message in error_line(done)
+    assert not (tmp_path / "last.pt").exists()

@@ -36,13 +36,13 @@ def test_train_quick_prints_every_learner_modulation_order_and_path(capsys):
         assert column in table_header
     _, rows = table_rows(output, header)
     seen = {(row[0].strip(), row[1].strip(), row[3].strip()) for row in rows}
-    for method in ("MAML", "MAML+FILM", "MAML+KML"):
+    for method in ("MAML", "MMAML", "MMAML+KML"):
         for order in ("1st", "2nd"):
             assert {(method, order, "batched"), (method, order, "per-task")} <= seen
-    for method in ("ProtoNet", "ProtoNet+FILM", "ProtoNet+KML"):
+    for method in ("ProtoNet", "MProtoNet", "MProtoNet+KML"):
         assert {(method, "-", "batched"), (method, "-", "per-task")} <= seen
     if bench.higher_status() is None:
-        assert {("MAML", "2nd", "higher"), ("MAML+KML", "2nd", "higher")} <= seen
+        assert {("MAML", "2nd", "higher"), ("MMAML+KML", "2nd", "higher")} <= seen
         assert "x the higher reference" in output
     else:
         assert "does not import" in output

@@ -110,3 +110,27 @@ def test_wandb_offline_run_folder(synthetic_root, tmp_path):
     run_id = (run_dir / "wandb_id.txt").read_text().strip()
     assert offline.name.endswith(run_id) and (offline / f"run-{run_id}.wandb").stat().st_size > 0
     assert list((offline / "files" / "media" / "table").glob("test/results_*.table.json"))
+
+
+def test_each_split_of_each_mode_is_opened_once_per_run(synthetic_root, tmp_path, monkeypatch):
+    """The check, training, every validation, the test and the transference hook share one opened copy of
+    each split (before, every validation and every sampler opened its splits again)."""
+    from kml.config import compose
+    from kml.data.sampler import SplitDataset
+    from kml.run import train
+    from kml.run.logger import RunLogger
+
+    opened = []
+    load = SplitDataset.load.__func__
+
+    def counting_load(cls, root, name, image_size, split, *args, **kwargs):
+        opened.append((name, split))
+        return load(cls, root, name, image_size, split, *args, **kwargs)
+
+    monkeypatch.setattr(SplitDataset, "load", classmethod(counting_load))
+    cfg = compose(tiny_overrides(synthetic_root) + ["transference=on", "train.val_every=5"])
+    logger = RunLogger(tmp_path, mode="disabled")
+    train.run(cfg, tmp_path, logger)  # 4 validations, transference at 10 and 20, the test
+    logger.finish()
+    modes = ("synthetic_glyphs", "synthetic_shapes", "synthetic_gratings")
+    assert sorted(opened) == sorted((mode, split) for mode in modes for split in ("train", "val", "test"))

@@ -10,13 +10,14 @@ import time
 from dataclasses import dataclass
 
 import torch
+from omegaconf import OmegaConf
 
 from kml.bench.instruments import PeakMemory, count_flops, describe_device, matmul_flops
 from kml.bench.reference import higher_meta_loss, higher_status
 from kml.bench.table import format_table, print_ratios
-from kml.config import compose
+from kml.config import CONF_DIR, compose
 from kml.data.episodes import Batch
-from kml.learners import build_learner, build_optimizer
+from kml.learners import build_learner, build_optimizer, method_name
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,9 @@ class Case:
 
     @property
     def method(self) -> str:
-        names = {"maml": "MAML", "protonet": "ProtoNet"}
-        return names[self.learner] + ("" if self.modulation == "none" else f"+{self.modulation.upper()}")
+        """The paper's name, as results.json writes it (MMAML+KML, MProtoNet, ...)."""
+        return method_name({"learner": OmegaConf.load(CONF_DIR / "learner" / f"{self.learner}.yaml"),
+                            "modulation": OmegaConf.load(CONF_DIR / "modulation" / f"{self.modulation}.yaml")})
 
     @property
     def order(self) -> str:

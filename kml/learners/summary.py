@@ -8,6 +8,7 @@ from typing import Any
 from torch import nn
 
 from kml.learners.base import Learner
+from kml.learners.batched import has_batched_forward
 from kml.models import KMLGenerator
 
 
@@ -48,6 +49,9 @@ def describe(learner: Learner) -> str:
              f"backbone widths {widths}"]
     if learner.settings_summary():
         lines.append(learner.settings_summary())
+    if learner.fast_path.batched is not False and not has_batched_forward(learner.backbone):
+        lines.append(f"fast path: backbone {type(learner.backbone).__name__} has no batched_forward, so the tasks "
+                     "of a batch run one by one (the per-task loop)")
     counts = parameter_counts(learner)
     lines.append(
         "parameters: "
