@@ -19,18 +19,19 @@ import kml  # noqa: F401  (registers conf/config.yaml's run-folder resolver, qui
 def main(cfg: DictConfig) -> dict | None:
     from kml.config import validate
     from kml.errors import UserError
+    from kml.registry import locate
     from kml.run.allocator import keep_freed_memory
     from kml.run.logger import RunLogger
     from kml.run.run_lock import RunLock
 
     hydra_cfg = HydraConfig.get()
+    if cfg.keep_freed_memory:
+        keep_freed_memory()  # before the runner's modules are imported and allocate
     try:
         validate(cfg)  # a wrong type or an impossible value stops before any work
+        run = locate(cfg.pipeline, "pipeline")  # its run(cfg, run_dir, logger) -> results, imported only now
     except UserError as err:
         stop(err, hydra_cfg.mode)
-    if cfg.keep_freed_memory:
-        keep_freed_memory()
-    run = task_runner(cfg.task.name)
 
     run_dir = Path(hydra_cfg.runtime.output_dir)
     record = run_record(cfg, hydra_cfg)  # before cfg.data.root is made absolute: the config as composed
@@ -81,22 +82,23 @@ def stop(err: Exception, mode: RunMode) -> None:
 
 def run_tags(cfg: DictConfig, choices) -> list[str]:
     """W&B tags naming a run's method and setup; a mapper run has no benchmark, learner or modulation."""
-    if cfg.task.name == "mapper":
+    if cfg.pipeline.name == "mapper":
         from kml.run.mapper import logger_tags
         return logger_tags(cfg)
     return [cfg.benchmark.name, choices.learner, choices.modulation, f"{cfg.shot}shot"]
 
 
-def task_runner(name: str):
-    """The `run(cfg, run_dir, logger) -> results` of a task; imported lazily so each task loads only its own."""
-    if name == "mapper":
-        from kml.run.mapper import run
-    elif name == "transference":
-        from kml.analysis.transference import run
-    else:
-        from kml.run.train import run
-    return run
+def refuse_renamed_task(overrides: list[str]) -> None:
+    """The old `task` spelling stops here, with one line naming the new one, before Hydra reads it (Hydra
+    would say only that the group or key does not exist)."""
+    from kml.config import renamed_task_message
+    for override in overrides:
+        message = renamed_task_message(override)
+        if message:
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(2)
 
 
 if __name__ == "__main__":
+    refuse_renamed_task(sys.argv[1:])
     main()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
@@ -26,9 +27,43 @@ def compose(overrides: list[str] | tuple[str, ...] = (), conf_dir: Path = CONF_D
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    for override in overrides:
+        message = renamed_task_message(override)
+        if message:
+            raise ConfigError(message)
     GlobalHydra.instance().clear()  # compose may run inside another initialised Hydra (tests, notebooks)
     with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
+# The group `task` is now `pipeline` (which runner) and the mapper's settings moved from task.* to mapper.*
+# (CONTRIBUTING.md, "One config idiom"). An override in the old spelling stops with one line naming the new
+# one, rather than Hydra's error about an unknown group or key.
+RENAMED_TASK = ("the config group 'task' was renamed 'pipeline' (task=mapper -> pipeline=mapper) and the "
+                "mapper's settings moved from task.* to mapper.* (task.mapper.* -> mapper.network.*, "
+                "task.protocol=released -> protocol=released)")
+_OLD_TASK_KEY = re.compile(r"(?P<prefix>~|\+\+|\+)?task(?P<path>\.[^=@]*)?(?P<package>@[^=]*)?(?P<value>=.*)?",
+                           re.DOTALL)
+
+
+def renamed_task_message(override: str) -> str | None:
+    """The one-line error for a command-line override of the old `task` group or a `task.*` key (with or
+    without +, ++ or ~, a sweep's comma list included), naming its new spelling; None for any other."""
+    old = _OLD_TASK_KEY.fullmatch(override)
+    if old is None or (old["value"] is None and old["prefix"] != "~"):  # `task` alone is no override
+        return None
+    prefix, path, value = old["prefix"] or "", old["path"] or "", old["value"] or ""
+    if path in ("", ".name"):
+        new = f"{'~' if prefix == '~' else ''}pipeline{value}"  # a group choice, in the defaults already
+    elif path == ".protocol":
+        new = f"protocol{value}"
+    elif path == ".protocols" or path.startswith(".protocols."):
+        new = "protocol=released, or the mapper.* key itself (the released values: conf/protocol/pipeline/released_mapper.yaml)"
+    elif path == ".mapper" or path.startswith(".mapper."):
+        new = f"{prefix}mapper.network{path[len('.mapper'):]}{value}"
+    else:
+        new = f"{prefix}mapper{path}{value}"
+    return f"{override}: use {new}; {RENAMED_TASK}"
 
 
 # The keys users override, with their types: a structured config (OmegaConf checks the types) plus the
@@ -127,14 +162,16 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "learner.inner_lr": (lambda v: v > 0, "a number > 0"),
     "learner.train_steps": (lambda v: v >= 1, "an integer ≥ 1"),
     "learner.test_steps": (lambda v: v >= 0, "an integer ≥ 0"),
-    "task.optimizer.lr": (lambda v: v > 0, "a number > 0"),
-    "task.maml.inner_lr": (lambda v: v > 0, "a number > 0"),
+    "mapper.optimizer.lr": (lambda v: v > 0, "a number > 0"),
+    "mapper.maml.inner_lr": (lambda v: v > 0, "a number > 0"),
 }
 
 
 def validate(cfg: DictConfig) -> None:
     """Stop before any work, with one line naming the key, the value and what is allowed, when a setting
     has the wrong type or an impossible value."""
+    if "task" in cfg:  # set by a YAML of the user's own (an override would have stopped in compose or launch.py)
+        raise ConfigError(f"the config sets a top-level task node, which nothing reads any more: {RENAMED_TASK}")
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         hint = MISSING_HINTS.get(missing[0], "set it on the command line")

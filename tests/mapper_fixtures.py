@@ -33,12 +33,9 @@ def tiny_lm() -> FrozenLM:
 
 
 def mapper_config(overrides: list[str]):
-    """The composed config of `task=mapper vision=tiny lm=tiny` plus `overrides`. Works whether or not
-    conf/config.yaml lists the task group in its defaults yet."""
-    listed = "task:" in (ROOT / "conf" / "config.yaml").read_text()
-    task = "task=mapper" if listed else "+task=mapper"
+    """The composed config of `pipeline=mapper vision=tiny lm=tiny` plus `overrides`."""
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=[task, "vision=tiny", "lm=tiny", *overrides])
+        return compose(config_name="config", overrides=["pipeline=mapper", "vision=tiny", "lm=tiny", *overrides])
 
 
 def write_image(path: Path, colour: tuple[int, int, int], size: int = 16) -> None:

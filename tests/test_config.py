@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import inspect
+import re
 
 import pytest
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from kml import registry
-from kml.config import CONF_DIR, validate
+from kml.config import CONF_DIR, compose, validate
 from kml.errors import ConfigError
 from tests.configs import composed, options
-from tests.runs import launch, tiny_overrides
+from tests.runs import error_line, launch, tiny_overrides
 
 GROUPS_WITH_TARGETS = ("learner", "modulation", "backbone")
 
@@ -67,7 +68,7 @@ def test_typed_config_rejects_nonsense(override, message):
 
 def test_the_defaults_and_sensible_settings_pass():
     for overrides in ([], ["train.iterations=0", "eval_only=true"], ["learner=protonet", "shot=5shot"],
-                      ["protocol=released", "benchmark=2mode"], ["task=mapper", "way=2"], ["debug=tiny"]):
+                      ["protocol=released", "benchmark=2mode"], ["pipeline=mapper", "way=2"], ["debug=tiny"]):
         validate(composed(*overrides))
 
 
@@ -97,10 +98,34 @@ def test_an_unknown_protocol_names_the_valid_ones(synthetic_root, tmp_path):
     assert "paper" in done.stderr and "released" in done.stderr
 
 
+@pytest.mark.parametrize("old, new", [("task=mapper", "pipeline=mapper"),
+                                      ("task.mapper.prefix_length=2", "mapper.network.prefix_length=2")])
+def test_the_old_task_spelling_stops_with_one_line_naming_the_new_one(old, new, tmp_path):
+    line = error_line(launch([old, f"hydra.run.dir={tmp_path}"]))  # exit status 2, no traceback
+    assert f"{old}: use {new};" in line and "'task' was renamed 'pipeline'" in line
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())  # stopped before Hydra made the run folder
+
+
+@pytest.mark.parametrize("old, new", [("task.protocol=released", "protocol=released"),
+                                      ("+task.maml.inner_lr=0.1", "+mapper.maml.inner_lr=0.1"),
+                                      ("~task", "~pipeline"), ("task=mapper,fewshot", "pipeline=mapper,fewshot")])
+def test_compose_refuses_the_old_task_spelling(old, new):
+    with pytest.raises(ConfigError, match=f"^{re.escape(old)}: use {re.escape(new)};"):
+        compose([old])
+
+
+def test_a_task_node_from_a_yaml_is_refused():
+    cfg = composed("pipeline=mapper")
+    with open_dict(cfg):
+        cfg.task = {"maml": {"inner_lr": 0.1}}  # what an experiment file of the old spelling would add
+    with pytest.raises(ConfigError, match="'task' was renamed 'pipeline'"):
+        validate(cfg)
+
+
 def test_the_meta_mappers_python_defaults_equal_its_yaml():
     from kml.mapper.maml import MapperMAML
 
-    maml = composed("task=mapper").task.maml
+    maml = composed("pipeline=mapper").mapper.maml
     parameters = inspect.signature(MapperMAML).parameters
     checked = [key for key in ("inner_lr", "train_steps", "test_steps", "first_order") if key in parameters]
     assert checked and all(parameters[key].default == maml[key] for key in checked)

@@ -169,7 +169,7 @@ def test_missing_image_names_the_file(tmp_path):
 
 def test_coco_episodes_pair_cached_features_with_their_captions(tmp_path):
     source = write_coco(tmp_path / "coco", categories=3, images_per_category=4)
-    cfg = mapper_config([f"data.root={tmp_path}", "way=2", "shot=1shot", f"task.coco.source={source}"])
+    cfg = mapper_config([f"data.root={tmp_path}", "way=2", "shot=1shot", f"mapper.coco.source={source}"])
     episodes = sources.training_episodes(cfg, "train", 2, seed=0, device=torch.device("cpu"))
     task = episodes.task(0)
     assert task.support.shape == (2, 1, 32) and task.query.shape == (4, 1, 32)
@@ -180,8 +180,8 @@ def test_coco_episodes_pair_cached_features_with_their_captions(tmp_path):
 @pytest.mark.parametrize("sampling", ["images", "caption_pairs"])
 def test_coco_tasks_show_each_image_with_its_own_captions(tmp_path, sampling):
     source = write_coco(tmp_path / "coco", categories=3, images_per_category=4)
-    cfg = mapper_config([f"data.root={tmp_path}", "way=2", "shot=1shot", f"task.coco.source={source}",
-                         f"task.coco.sampling={sampling}"])
+    cfg = mapper_config([f"data.root={tmp_path}", "way=2", "shot=1shot", f"mapper.coco.source={source}",
+                         f"mapper.coco.sampling={sampling}"])
     episodes = sources.training_episodes(cfg, "train", 2, seed=0, device=torch.device("cpu"))
     data = coco.read_coco(source)
     cached = torch.from_numpy(np.asarray(episodes.features, dtype=np.float32))
@@ -201,7 +201,7 @@ def test_frozen_tasks_put_the_question_in_the_prompt_for_vqa_only(tmp_path):
     write_frozen(tmp_path / "frozen", "fast_vqa", question="what is the dax?")
     write_frozen(tmp_path / "frozen", "open_ended_mi", question="what is this?")
     for name, prompt in (("fast_vqa", "what is the dax?"), ("open_ended_mi", "")):
-        cfg = mapper_config([f"data.root={tmp_path}", "way=2", "shot=1shot", f"task.eval_data={name}"])
+        cfg = mapper_config([f"data.root={tmp_path}", "way=2", "shot=1shot", f"mapper.eval_data={name}"])
         tasks, count = sources.test_tasks(cfg, seed=0, device=torch.device("cpu"))
         task = tasks.task(0)
         assert count == 3 and task.support.shape == (2, 1, 32) and task.query_prompt == [prompt]

@@ -80,14 +80,14 @@ def test_released_initialisation_and_dropout_at_test():
     assert not torch.equal(mapper(visual), mapper(visual))  # dropout stays on in eval mode
 
 
-def test_task_protocol_released_sets_every_switch(tiny_lm):  # noqa: F811
-    learner = build_learner(mapper_config(["task.protocol=released"]), tiny_lm, visual_dim=32)
+def test_protocol_released_sets_every_mapper_switch(tiny_lm):  # noqa: F811
+    learner = build_learner(mapper_config(["protocol=released"]), tiny_lm, visual_dim=32)
     mapper = learner.mapper
     assert (mapper.head_width, mapper.attention_scale) == (4, math.sqrt(32))  # 32 / 8, √d_v
     assert mapper.activation is torch.nn.functional.leaky_relu and mapper.dropout == 0.5 and mapper.dropout_at_test
     assert torch.equal(mapper.norm2.weight, torch.ones(32)) and not mapper.query.bias.any()  # Xavier init
     assert (learner.query_loss_from_step, learner.max_grad_norm) == (2, 1.0)
-    paper = build_learner(mapper_config(["task.protocol=released", "task.mapper.init=default"]), tiny_lm, 32)
+    paper = build_learner(mapper_config(["protocol=released", "mapper.network.init=default"]), tiny_lm, 32)
     assert paper.mapper.query.bias.any()  # one switch overridden, the rest as released
     assert paper.mapper.dropout_at_test and paper.query_loss_from_step == 2
 

@@ -14,8 +14,8 @@ from tests.mapper_fixtures import ROOT, mapper_config, single_thread, write_froz
 from tests.runs import launch
 
 # 2-way 1-shot, novel classes at test time; a few seconds of meta-training on a CPU.
-TINY = ["way=2", "task.train_data=novel_names", "task.eval_data=novel_names", "task.novel_names.image_size=32",
-        "task.mapper.heads=4", "train.query=2", "train.log_every=10", "train.val_tasks_per_mode=4",
+TINY = ["way=2", "mapper.train_data=novel_names", "mapper.eval_data=novel_names", "mapper.novel_names.image_size=32",
+        "mapper.network.heads=4", "train.query=2", "train.log_every=10", "train.val_tasks_per_mode=4",
         "eval.query=3", "logger.mode=disabled"]
 
 
@@ -72,13 +72,27 @@ def test_results_follow_the_runner_contract(trained):
 def test_eval_only_on_a_frozen_format_benchmark(trained, tmp_path):
     root, run_dir, _ = trained
     write_frozen(tmp_path / "frozen", "fast_vqa", way=2, shot=1, tasks=4, question="what is this dax?")
-    results = run_mapper(tmp_path / "eval", [f"data.root={root}", "task.eval_data=fast_vqa",
-                                             f"task.frozen.source={tmp_path / 'frozen'}", "eval_only=true",
+    results = run_mapper(tmp_path / "eval", [f"data.root={root}", "mapper.eval_data=fast_vqa",
+                                             f"mapper.frozen.source={tmp_path / 'frozen'}", "eval_only=true",
                                              f"checkpoint={run_dir / 'best.pt'}"])
     assert results["benchmark"] == "fast_vqa" and results["overall"]["n"] == 4
     rows = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in rows] == ["what is this dax?"] * 4  # the question is read for VQA
     assert not (tmp_path / "eval" / "last.pt").exists()
+
+
+def test_a_checkpoint_from_before_the_pipeline_rename_evaluates_alike(trained, tmp_path):
+    """Checkpoints written while the mapper's settings were task.mapper / task.maml keep them there: they
+    still load, and with the same network."""
+    root, run_dir, _ = trained
+    state = checkpoint.load(run_dir / "best.pt")
+    mapper = state["config"].pop("mapper")
+    state["config"]["task"] = {"name": "mapper", "mapper": mapper["network"], "maml": mapper["maml"]}
+    checkpoint.save({k: v for k, v in state.items() if k != "format"}, tmp_path / "old.pt")
+    common = [f"data.root={root}", "eval_only=true", "eval.tasks_per_mode=4"]
+    new = run_mapper(tmp_path / "new", [*common, f"checkpoint={run_dir / 'best.pt'}"])
+    old = run_mapper(tmp_path / "old", [*common, f"checkpoint={tmp_path / 'old.pt'}"])
+    assert old["overall"] == new["overall"] and old["query_loss"] == new["query_loss"]
 
 
 def test_both_answer_forms_score_alike_by_name_at_three_shots(trained, tmp_path):
@@ -87,7 +101,7 @@ def test_both_answer_forms_score_alike_by_name_at_three_shots(trained, tmp_path)
     for answers in ("caption", "name"):
         write_frozen(tmp_path / answers, "open_ended_mi", way=2, shot=3, tasks=4, answers=answers)
         results[answers] = run_mapper(tmp_path / f"eval_{answers}", [
-            f"data.root={root}", "shot=3shot", "task.eval_data=open_ended_mi", f"task.frozen.source={tmp_path / answers}",
+            f"data.root={root}", "shot=3shot", "mapper.eval_data=open_ended_mi", f"mapper.frozen.source={tmp_path / answers}",
             "eval_only=true", f"checkpoint={run_dir / 'best.pt'}"])
     caption, name = results["caption"], results["name"]
     assert (caption["shot"], caption["overall"]["n"]) == (3, 4)
@@ -96,11 +110,11 @@ def test_both_answer_forms_score_alike_by_name_at_three_shots(trained, tmp_path)
 
 
 @pytest.mark.parametrize("shot", [1, 3, 5])
-@pytest.mark.parametrize("task", ["fewshot", "mapper"])
-def test_every_frozen_shot_count_composes_for_both_tasks(task, shot):
+@pytest.mark.parametrize("pipeline", ["fewshot", "mapper"])
+def test_every_frozen_shot_count_composes_for_both_pipelines(pipeline, shot):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"task={task}", f"shot={shot}shot"])
-    assert cfg.shot == shot and cfg.task.name == task
+        cfg = compose(config_name="config", overrides=[f"pipeline={pipeline}", f"shot={shot}shot"])
+    assert cfg.shot == shot and cfg.pipeline.name == pipeline
 
 
 def test_resumed_training_equals_uninterrupted_training(trained, tmp_path):
@@ -114,10 +128,8 @@ def test_resumed_training_equals_uninterrupted_training(trained, tmp_path):
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
-@pytest.mark.skipif("task:" not in (ROOT / "conf" / "config.yaml").read_text(),
-                    reason="conf/config.yaml does not list the task group yet")
-def test_launch_py_runs_task_mapper(tmp_path):
-    done = launch(["task=mapper", "vision=tiny", "lm=tiny", *TINY, "shot=3shot", "lm.random.pretrain_steps=20",
+def test_launch_py_runs_pipeline_mapper(tmp_path):
+    done = launch(["pipeline=mapper", "vision=tiny", "lm=tiny", *TINY, "shot=3shot", "lm.random.pretrain_steps=20",
                    "train.iterations=2", "train.val_every=2",
                    "eval.tasks_per_mode=2", f"data.root={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}"])
     assert done.returncode == 0, done.stderr[-2000:]
@@ -128,6 +140,6 @@ def test_launch_py_runs_task_mapper(tmp_path):
 def test_mapper_runs_are_tagged_as_mapper_runs():
     from launch import run_tags
 
-    cfg = mapper_config(TINY + ["task.protocol=released"])
+    cfg = mapper_config(TINY + ["protocol=released"])
     assert run_tags(cfg, choices=None) == ["mapper", "novel_names", "novel_names", "tiny", "tiny", "2way",
                                            "1shot", "released_protocol"]

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from kml.data import released
@@ -285,6 +286,34 @@ def test_released_protocol_builds_its_methods_and_specialists():
     assert (cub.learner.inner_lr, cub.train.meta_batch, cub.train.iterations) == (0.01, 4, 80000)
     paper = composed("learner=maml", "benchmark=cub")
     assert (paper.learner.inner_lr, paper.train.meta_batch, paper.eval.checkpoint) == (0.05, 10, "best")
+
+
+# The meta-mapper's switches (kml/mapper/README.md): key -> (paper, released).
+MAPPER_SWITCHES = {"mapper.network.head_layout": ("paper", "released"),
+                   "mapper.network.activation": ("gelu", "leaky_relu"),
+                   "mapper.network.dropout": (0.1, 0.5),
+                   "mapper.network.dropout_at_test": (False, True),
+                   "mapper.network.init": ("default", "xavier"),
+                   "mapper.maml.query_loss_from_step": (5, 2),  # paper: train_steps, the last step only
+                   "mapper.optimizer.max_grad_norm": (None, 1.0),
+                   "mapper.coco.category": ("dominant", "last_annotation"),
+                   "mapper.coco.sampling": ("images", "caption_pairs")}
+
+
+def test_the_mapper_takes_its_released_switches_from_the_protocol_group():
+    """pipeline=mapper holds the paper's values, protocol=released sets every mapper switch
+    (conf/protocol/pipeline/released_mapper.yaml) and none of the few-shot protocol's keys: eval.checkpoint=last
+    or MAML's 60,000 iterations would change what a mapper run trains and tests."""
+    paper, released = composed("pipeline=mapper"), composed("pipeline=mapper", "protocol=released")
+    for key, (paper_value, released_value) in MAPPER_SWITCHES.items():
+        assert (OmegaConf.select(paper, key), OmegaConf.select(released, key)) == (paper_value, released_value), key
+    assert (paper.protocol, released.protocol) == ("paper", "released")
+    assert all(released[node] == paper[node] for node in ("train", "eval", "data"))
+    assert (released.train.iterations, released.eval.checkpoint) == (20000, "best")
+    # A key on the command line still wins over the protocol; the paper's last-step loss follows train_steps.
+    assert composed("pipeline=mapper", "protocol=released",
+                    "mapper.network.dropout_at_test=false").mapper.network.dropout_at_test is False
+    assert composed("pipeline=mapper", "mapper.maml.train_steps=3").mapper.maml.query_loss_from_step == 3
 
 
 def test_bug_compatible_serving_of_fc100_and_aircraft(tmp_path):

@@ -16,7 +16,7 @@ always uses the learners' per-task methods in the parameters' dtype, whatever th
 autocast, compile) is set to: same losses, and no reduced-precision noise in ratios that are close to 1.
 
 During training, `transference=on` attaches TransferenceHook (kml.run.hooks), which measures after the
-optimiser step of each iteration listed in `transference.iterations`; `python launch.py task=transference
+optimiser step of each iteration listed in `transference.iterations`; `python launch.py pipeline=transference
 checkpoint=PATH` measures a saved model once (`run`). Each measurement writes
 transference/lr_step{N}.npz, a histogram per target and the positive-transfer curve so far, and logs them.
 """
@@ -287,13 +287,13 @@ class TransferenceHook(Hook):
 
 
 def run(cfg: DictConfig, run_dir: Path, logger: RunLogger) -> dict:
-    """`python launch.py task=transference checkpoint=PATH`: measure a saved model once."""
+    """`python launch.py pipeline=transference checkpoint=PATH`: measure a saved model once."""
     if "transference" not in cfg:
-        raise ConfigError("task=transference needs the transference group: add +transference=off")
+        raise ConfigError("pipeline=transference needs the transference group: add +transference=off")
     device = pick_device(cfg.device)
     analysis = Transference(cfg, device, benchmark_for(cfg), training=False)
     if not cfg.checkpoint:
-        raise ConfigError("task=transference needs checkpoint=PATH (a run's best.pt or last.pt)")
+        raise ConfigError("pipeline=transference needs checkpoint=PATH (a run's best.pt or last.pt)")
     learner, state = load_learner(cfg.checkpoint, cfg.way, device)
     # α defaults to the outer learning rate the checkpoint was trained with.
     alpha = analysis.alpha(state["config"]["learner"])

@@ -1,6 +1,6 @@
 """The meta-mapper of "Meta Learning to Bridge Vision and Language Models for Multimodal Few-Shot Learning"
 (Najdenkoska, Zhen, Worring, ICLR 2023): a frozen vision encoder and a frozen language model bridged by a
-small mapper, the only learned part, meta-trained with MAML on captioning tasks (`task=mapper`).
+small mapper, the only learned part, meta-trained with MAML on captioning tasks (`pipeline=mapper`).
 
 Modules, one job each:
     encoders      frozen CLIP vision / causal LM from a folder, a package or the hub; one-line errors

@@ -50,7 +50,7 @@ def _read_json(path: Path, what: str) -> dict:
 
 def read_coco(source: str | Path, max_images: int | None = None, category: str = "dominant") -> CocoCaptions:
     if category not in CATEGORY_RULES:
-        raise DataError(f"task.coco.category={category!r} is not valid; choose one of: {', '.join(CATEGORY_RULES)}")
+        raise DataError(f"mapper.coco.category={category!r} is not valid; choose one of: {', '.join(CATEGORY_RULES)}")
     source = Path(source)
     captions_file = source / "annotations" / "captions_train2017.json"
     instances_file = source / "annotations" / "instances_train2017.json"

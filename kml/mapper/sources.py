@@ -1,6 +1,6 @@
 """From the config to task samplers: meta-training / validation tasks and the test benchmark's tasks.
 
-`task.train_data`: coco | novel_names. `task.eval_data`: a Frozen benchmark (open_ended_mi, real_name_mi,
+`mapper.train_data`: coco | novel_names. `mapper.eval_data`: a Frozen benchmark (open_ended_mi, real_name_mi,
 fast_vqa, real_fast_vqa) or novel_names. Features are read from (or computed into) the cache first.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ EVAL_DATA = (*frozen_bench.FOLDERS, "novel_names")
 
 
 def _novel_name_features(cfg, device) -> np.ndarray:
-    size = int(cfg.task.novel_names.image_size)
+    size = int(cfg.mapper.novel_names.image_size)
     rendered = cache(lambda: novel_names.images(size))  # rendered only when the cache must be (re)built
     return cached_features(cfg.data.root, f"novel_names_v{novel_names.VERSION}_{size}px", cfg.vision,
                            novel_names.keys(), lambda rows: [rendered()[r] for r in rows], device)
@@ -37,7 +37,7 @@ def _novel_name_episodes(cfg, split: str, query: int, seed: int, device) -> Clas
             rows[label].append(row)
     caption = lambda rng, row, name: novel_names.TEMPLATE.format(name)  # noqa: E731
     return ClassEpisodes(features, {c: np.array(r) for c, r in rows.items()}, int(cfg.way), int(cfg.shot),
-                         query, seed, caption, names=novel_names.names(split, cfg.task.novel_names.get("names", "shared")),
+                         query, seed, caption, names=novel_names.names(split, cfg.mapper.novel_names.get("names", "shared")),
                          what=f"novel_names/{split}")
 
 
@@ -51,10 +51,10 @@ def _read_coco(source: str, max_images: int | None, category: str) -> coco.CocoC
 
 def _coco_episodes(cfg, split: str, query: int, seed: int, device) -> ClassEpisodes:
     """Tasks over images (each shown with one of its captions, drawn per task) or, with
-    `task.coco.sampling=caption_pairs`, over (caption, image) pairs as the released code samples them."""
-    spec = cfg.task.coco
+    `mapper.coco.sampling=caption_pairs`, over (caption, image) pairs as the released code samples them."""
+    spec = cfg.mapper.coco
     if spec.sampling not in COCO_SAMPLING:
-        raise DataError(f"task.coco.sampling={spec.sampling!r} is not valid; choose one of: {', '.join(COCO_SAMPLING)}")
+        raise DataError(f"mapper.coco.sampling={spec.sampling!r} is not valid; choose one of: {', '.join(COCO_SAMPLING)}")
     data = _read_coco(str(spec.source), spec.get("max_images"), spec.category)
     source = Path(spec.source)
     keys = [str(f.relative_to(source)) for f in data.files]
@@ -76,24 +76,24 @@ def _coco_episodes(cfg, split: str, query: int, seed: int, device) -> ClassEpiso
 
 
 def training_episodes(cfg, split: str, query: int, seed: int, device: torch.device) -> ClassEpisodes:
-    """Meta-training ("train") or validation ("val") tasks of `task.train_data`."""
-    name = cfg.task.train_data
+    """Meta-training ("train") or validation ("val") tasks of `mapper.train_data`."""
+    name = cfg.mapper.train_data
     if name not in TRAIN_DATA:
-        raise DataError(f"task.train_data={name!r} is not valid; choose one of: {', '.join(TRAIN_DATA)}")
+        raise DataError(f"mapper.train_data={name!r} is not valid; choose one of: {', '.join(TRAIN_DATA)}")
     build = _coco_episodes if name == "coco" else _novel_name_episodes
     return build(cfg, split, query, seed, device)
 
 
 def question_in_prompt(cfg, name: str) -> bool:
-    setting = cfg.task.frozen.get("question_in_prompt", "auto")
+    setting = cfg.mapper.frozen.get("question_in_prompt", "auto")
     return name in frozen_bench.VQA if setting == "auto" else bool(setting)
 
 
 def _frozen_tasks(cfg, name: str, limit: int, device) -> FixedTasks:
-    tasks = frozen_bench.read_frozen(cfg.task.frozen.source, name, int(cfg.way), int(cfg.shot))[:limit]
+    tasks = frozen_bench.read_frozen(cfg.mapper.frozen.source, name, int(cfg.way), int(cfg.shot))[:limit]
     paths = sorted({p for t in tasks for p in (*t.support_images, t.question_image)})
     row = {p: i for i, p in enumerate(paths)}
-    folder = Path(cfg.task.frozen.source) / frozen_bench.FOLDERS[name]
+    folder = Path(cfg.mapper.frozen.source) / frozen_bench.FOLDERS[name]
     keys = [str(p.relative_to(folder)) if p.is_relative_to(folder) else str(p) for p in paths]
     dataset = f"frozen/{frozen_bench.FOLDERS[name]}_shots_{cfg.shot}_ways_{cfg.way}"
     features = cached_features(cfg.data.root, dataset, cfg.vision, keys,
@@ -106,10 +106,10 @@ def _frozen_tasks(cfg, name: str, limit: int, device) -> FixedTasks:
 
 
 def test_tasks(cfg, seed: int, device: torch.device) -> tuple[object, int]:
-    """(sampler with .task(i), number of tasks) for `task.eval_data`."""
-    name, limit = cfg.task.eval_data, int(cfg.eval.tasks_per_mode)
+    """(sampler with .task(i), number of tasks) for `mapper.eval_data`."""
+    name, limit = cfg.mapper.eval_data, int(cfg.eval.tasks_per_mode)
     if name not in EVAL_DATA:
-        raise DataError(f"task.eval_data={name!r} is not valid; choose one of: {', '.join(EVAL_DATA)}")
+        raise DataError(f"mapper.eval_data={name!r} is not valid; choose one of: {', '.join(EVAL_DATA)}")
     if name == "novel_names":
         return _novel_name_episodes(cfg, "test", int(cfg.eval.query), seed, device), limit
     tasks = _frozen_tasks(cfg, name, limit, device)

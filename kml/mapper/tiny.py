@@ -1,6 +1,6 @@
 """Tiny stand-ins for CLIP-vision and GPT-2, built from `transformers` configs (no download).
 
-They let the whole pipeline (and `python launch.py task=mapper vision=tiny lm=tiny`) run on a CPU.
+They let the whole pipeline (and `python launch.py pipeline=mapper vision=tiny lm=tiny`) run on a CPU.
 The tokenizer is word-level over a fixed vocabulary, so the synthetic task family's words (its made-up
 names included) are single tokens. A randomly initialised LM is nearly uniform whatever its input (its
 logits are tiny), which no prefix can steer; so the tiny LM is first trained for a couple of hundred

@@ -1,4 +1,4 @@
-"""`python launch.py task=mapper ...`: meta-train the meta-mapper, evaluate it, write results.json.
+"""`python launch.py pipeline=mapper ...`: meta-train the meta-mapper, evaluate it, write results.json.
 
 Same contract as kml.run.train.run: periodic validation keeps best.pt (lowest adapted query loss on held-out
 tasks), last.pt is written atomically for exact resume, `eval_only=true checkpoint=PATH` evaluates a saved
@@ -36,15 +36,15 @@ def method_name(cfg: DictConfig) -> str:
 
 def logger_tags(cfg: DictConfig) -> list[str]:
     """W&B tags for a mapper run (the classification tags of launch.py do not apply)."""
-    return ["mapper", cfg.task.train_data, cfg.task.eval_data, cfg.vision.name, cfg.lm.name,
-            f"{cfg.way}way", f"{cfg.shot}shot", f"{cfg.task.protocol}_protocol"]
+    return ["mapper", cfg.mapper.train_data, cfg.mapper.eval_data, cfg.vision.name, cfg.lm.name,
+            f"{cfg.way}way", f"{cfg.shot}shot", f"{cfg.get('protocol', 'paper')}_protocol"]
 
 
 def thread_count(cfg: DictConfig) -> int | None:
-    """`task.threads`; `auto`: SLURM's allotment on a SLURM node (torch would take every core of it), else
+    """`mapper.threads`; `auto`: SLURM's allotment on a SLURM node (torch would take every core of it), else
     1 for the tiny stand-ins (matrices this small lose more to thread hand-offs than they gain: 150
     iterations took 28 s on 1 thread, 334 s on 2 of a busy 2-core machine), else None: torch's default."""
-    setting = cfg.task.get("threads", "auto")
+    setting = cfg.mapper.get("threads", "auto")
     if setting != "auto":
         return None if setting is None else int(setting)
     if os.environ.get("SLURM_CPUS_PER_TASK"):
@@ -53,7 +53,7 @@ def thread_count(cfg: DictConfig) -> int | None:
 
 
 def build_learner(cfg: DictConfig, lm: FrozenLM, visual_dim: int) -> MapperMAML:
-    spec, maml, clip = cfg.task.mapper, cfg.task.maml, cfg.task.optimizer.max_grad_norm
+    spec, maml, clip = cfg.mapper.network, cfg.mapper.maml, cfg.mapper.optimizer.max_grad_norm
     try:
         mapper = MetaMapper(visual_dim, lm.embed_dim, int(spec.prefix_length), int(spec.heads),
                             float(spec.dropout), embedding_scale(lm.model), layout=spec.head_layout,
@@ -63,7 +63,7 @@ def build_learner(cfg: DictConfig, lm: FrozenLM, visual_dim: int) -> MapperMAML:
                           bool(maml.first_order), int(maml.query_loss_from_step),
                           None if clip is None else float(clip)).to(lm.device)
     except ValueError as err:
-        raise ConfigError(f"{err} (task.mapper, task.maml in conf/task/mapper.yaml)") from err
+        raise ConfigError(f"{err} (mapper.network, mapper.maml in conf/pipeline/mapper.yaml)") from err
 
 
 def evaluate(learner: MapperMAML, sampler, count: int, cfg: DictConfig, desc: str,
@@ -76,7 +76,7 @@ def evaluate(learner: MapperMAML, sampler, count: int, cfg: DictConfig, desc: st
     try:
         for index in tqdm(range(count), desc=desc, unit="task", leave=False, mininterval=1.0):
             task = sampler.task(index)
-            result = learner.evaluate(task, int(cfg.task.max_new_tokens))
+            result = learner.evaluate(task, int(cfg.mapper.max_new_tokens))
             for key in out:
                 out[key].append(result[key])
             if sink:
@@ -91,22 +91,19 @@ def evaluate(learner: MapperMAML, sampler, count: int, cfg: DictConfig, desc: st
 
 
 def run(cfg: DictConfig, run_dir: Path, logger: RunLogger) -> dict:
-    if cfg.task.protocol not in cfg.task.protocols:
-        raise ConfigError(f"task.protocol={cfg.task.protocol!r} is not valid; choose one of: "
-                          f"{', '.join(cfg.task.protocols)}")
     device = pick_device(cfg.device)
     threads = thread_count(cfg)
     if threads:
         torch.set_num_threads(threads)
     seed_everything(cfg.seed)
     test, count = test_tasks(cfg, cfg.seed + TEST_SEED_OFFSET, device)  # fails early if the data is missing
-    lm = FrozenLM(*load_lm(cfg.lm, device), max_target_tokens=int(cfg.task.max_caption_tokens))
+    lm = FrozenLM(*load_lm(cfg.lm, device), max_target_tokens=int(cfg.mapper.max_caption_tokens))
     if cfg.eval_only:
         learner = load_for_eval(cfg, lm, test.features.shape[-1])
     else:
         learner = train(cfg, run_dir, logger, lm, device)
     scores = evaluate(learner, test, count, cfg, "test", run_dir / "predictions.jsonl")
-    name = cfg.task.eval_data
+    name = cfg.mapper.eval_data
     # `overall` is name match, the figure of the paper's tables (kml/mapper/README.md); `_exact`: whole answer.
     summary = {key: mean_ci(values) for key, values in scores.items()}
     results = {"overall": summary["accuracy"], "per_mode": {name: summary["accuracy"]},
@@ -134,8 +131,7 @@ def load_for_eval(cfg: DictConfig, lm: FrozenLM, visual_dim: int) -> MapperMAML:
     state = checkpoint.load(cfg.checkpoint)
     # The mapper's shape and MAML settings come from the checkpoint; data, LM and protocol from this run.
     saved = OmegaConf.create(state["config"])
-    learner = build_learner(OmegaConf.merge(cfg, {"task": {"mapper": saved.task.mapper, "maml": saved.task.maml}}),
-                            lm, visual_dim)
+    learner = build_learner(OmegaConf.merge(cfg, {"mapper": trained_settings(saved)}), lm, visual_dim)
     try:
         learner.mapper.load_state_dict(state["model"])
     except RuntimeError as err:
@@ -145,13 +141,22 @@ def load_for_eval(cfg: DictConfig, lm: FrozenLM, visual_dim: int) -> MapperMAML:
     return learner
 
 
+def trained_settings(saved: DictConfig) -> dict:
+    """The network and MAML settings a checkpoint's config holds. A checkpoint written before the `task`
+    group became `pipeline` holds them as task.mapper and task.maml (resolved values, so they still fit):
+    trained mappers stay loadable."""
+    if "mapper" in saved:
+        return {"network": saved.mapper.network, "maml": saved.mapper.maml}
+    return {"network": saved.task.mapper, "maml": saved.task.maml}
+
+
 def train(cfg: DictConfig, run_dir: Path, logger: RunLogger, lm: FrozenLM, device) -> MapperMAML:
     episodes = training_episodes(cfg, "train", int(cfg.train.query), cfg.seed, device)
     validation = training_episodes(cfg, "val", int(cfg.train.query), cfg.seed + VAL_SEED_OFFSET, device)
     learner = build_learner(cfg, lm, episodes.features.shape[-1])
     learner.mapper.set_feature_statistics(episodes.features)
-    optimizer = torch.optim.AdamW(learner.mapper.parameters(), lr=float(cfg.task.optimizer.lr),
-                                  weight_decay=float(cfg.task.optimizer.weight_decay))
+    optimizer = torch.optim.AdamW(learner.mapper.parameters(), lr=float(cfg.mapper.optimizer.lr),
+                                  weight_decay=float(cfg.mapper.optimizer.weight_decay))
     print(f"meta-mapper: {sum(p.numel() for p in learner.mapper.parameters()):,} trainable parameters; "
           f"frozen LM {sum(p.numel() for p in lm.model.parameters()):,}")
     batch = int(cfg.train.meta_batch)
@@ -166,6 +171,6 @@ def train(cfg: DictConfig, run_dir: Path, logger: RunLogger, lm: FrozenLM, devic
     learner.mapper.train()
     # Task i of training is a function of (seed, i), so resuming needs no sampler state.
     meta_train(MetaTraining(learner.mapper, optimizer, compute_gradients, validate, score="query_loss",
-                            higher_is_better=False, divergence_hint="lower task.maml.inner_lr?"),
+                            higher_is_better=False, divergence_hint="lower mapper.maml.inner_lr?"),
                cfg, run_dir, logger)
     return learner
