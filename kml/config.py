@@ -86,6 +86,12 @@ class Checkpoint(Enum):
     last = "last"
 
 
+class EpisodeOrder(Enum):
+    auto = "auto"
+    by_label = "by_label"
+    released = "released"
+
+
 class ClassSplit(Enum):
     standard = "standard"
     released = "released"
@@ -122,6 +128,7 @@ class DataSchema:
     split: ClassSplit = MISSING
     fc100_inverted: bool = MISSING
     aircraft_banner: bool = MISSING
+    episode_order: EpisodeOrder = EpisodeOrder.auto
 
 
 @dataclass

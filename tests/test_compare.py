@@ -74,11 +74,12 @@ def test_paired_and_across_seed_statistics_by_hand():
     assert compare.across_seeds([0.05])["ci95"] is None
 
 
-def write_run(folder, method, benchmark, modes, accuracies, seed, protocol="paper", eval_seed=0):
+def write_run(folder, method, benchmark, modes, accuracies, seed, protocol="paper", eval_seed=0, fingerprint=None):
     folder.mkdir(parents=True)
     accuracy = np.concatenate(accuracies)
+    extra = {} if fingerprint is None else {"fingerprint": np.asarray(fingerprint, dtype=np.int64)}
     np.savez(folder / "test_tasks.npz", accuracy=accuracy, modes=np.array(modes), eval_seed=eval_seed,
-             mode=np.concatenate([np.full(len(a), i) for i, a in enumerate(accuracies)]))
+             mode=np.concatenate([np.full(len(a), i) for i, a in enumerate(accuracies)]), **extra)
     summary = lambda a: {"mean": float(np.mean(a)), "ci95": 0.0, "n": len(a)}  # noqa: E731
     (folder / "results.json").write_text(json.dumps({
         "overall": summary(accuracy), "per_mode": {m: summary(a) for m, a in zip(modes, accuracies, strict=True)},
@@ -146,3 +147,35 @@ def test_runs_that_met_other_tasks_are_refused(tmp_path, capsys):
     assert report.main([str(tmp_path), "--compare", "MAML"]) == 2
     assert "met different test tasks" in capsys.readouterr().err
     assert report.main([str(tmp_path), "--compare", "Reptile"]) == 2
+
+
+def test_the_test_tasks_carry_fingerprints_that_tell_tasks_apart(synthetic_root, tmp_path):
+    _, folder = met_tasks(synthetic_root, tmp_path, "seed=0")
+    _, same = met_tasks(synthetic_root, tmp_path, "seed=1")  # another training seed: the same test tasks
+    _, other = met_tasks(synthetic_root, tmp_path, "seed=0", "eval.seed=5")
+    first, second, third = (np.load(f / "test_tasks.npz")["fingerprint"] for f in (folder, same, other))
+    assert first.dtype == np.int64 and len(first) == 21 and len(set(first.tolist())) == 21
+    assert np.array_equal(first, second) and not np.intersect1d(first, third).size
+
+
+def test_a_pair_whose_fingerprints_differ_is_refused_naming_both_runs(tmp_path, capsys):
+    tasks = np.arange(5)
+    write_run(tmp_path / "a", "MAML", "2mode", ["omniglot", "miniimagenet"], [np.ones(3), np.ones(2)], 0,
+              fingerprint=tasks)
+    write_run(tmp_path / "b", "MMAML", "2mode", ["omniglot", "miniimagenet"], [np.ones(3), np.ones(2)], 0,
+              fingerprint=tasks + (tasks == 3))  # the same settings, one task fabricated to differ
+    assert report.main([str(tmp_path), "--compare", "MAML"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(tmp_path / "a") in err[0] and str(tmp_path / "b") in err[0]
+    assert "met different test tasks (1 of 5 fingerprints differ, the first at task 3)" in err[0]
+
+
+def test_pairs_are_verified_by_fingerprints_or_marked_unverified(tmp_path):
+    tasks = np.arange(5)
+    for name, method, fingerprint in (("a", "MAML", tasks), ("b", "MMAML", tasks), ("c", "MProtoNet", None)):
+        write_run(tmp_path / "runs" / name, method, "2mode", ["omniglot", "miniimagenet"],
+                  [np.ones(3), np.ones(2)], 0, fingerprint=fingerprint)
+    rows = compare.compare(compare.test_records(report.find_results([str(tmp_path / "runs")])), "MAML")
+    assert {r["method"]: r["verified"] for r in rows if r["mode"] == "overall"} == {"MMAML": True, "MProtoNet": False}
+    assert report.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--compare", "MAML"]) == 0
+    assert "1 of 2 comparisons are unverified" in (tmp_path / "out" / "compare_MAML.md").read_text()

@@ -12,6 +12,10 @@ keeps every task's accuracy in test_tasks.npz), so two methods compare task by t
 
 Multi-<method> rows are assembled from single-mode specialists (per seed, in the setup's mode order),
 whose test tasks are the multimodal run's tasks of that mode (kml.run.evaluate.mode_seed).
+
+Runs keep a fingerprint of every test task (its images' dataset rows, rotations and labels, hashed): two
+runs whose fingerprints differ are refused, naming both. Runs written before fingerprints were recorded
+are paired on their settings alone, as before, and their comparisons are marked unverified.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ class TestRecord:
     modes: list[str]
     accuracy: np.ndarray
     mode: np.ndarray
+    fingerprint: np.ndarray | None = None  # [n] int64, None for runs written before they were recorded
+    source: str = ""  # the run folder(s), to name in an error
 
     def on(self, mode: str) -> np.ndarray:
         return self.accuracy if mode == "overall" else self.accuracy[self.mode == self.modes.index(mode)]
@@ -55,7 +61,8 @@ def test_records(runs: list[dict]) -> list[TestRecord]:
         if path.is_file():
             with np.load(path) as saved:
                 records.append(TestRecord(label(run), setup_name(run), run_seed(run), int(saved["eval_seed"]),
-                                          [str(m) for m in saved["modes"]], saved["accuracy"], saved["mode"]))
+                                          [str(m) for m in saved["modes"]], saved["accuracy"], saved["mode"],
+                                          saved["fingerprint"] if "fingerprint" in saved else None, str(run["path"])))
     specialists = {(r.method, r.modes[0], r.seed, r.setup.split(" ", 1)[1]): r for r in records if len(r.modes) == 1}
     multi = []
     for r in records:
@@ -66,9 +73,12 @@ def test_records(runs: list[dict]) -> list[TestRecord]:
             parts = [specialists.get((method, mode, r.seed, shape)) for mode in r.modes]
             key = (f"Multi-{method}", r.setup, r.seed)
             if all(parts) and key not in {(m.method, m.setup, m.seed) for m in multi}:
+                fingerprints = [p.fingerprint for p in parts]
                 multi.append(TestRecord(key[0], r.setup, r.seed, parts[0].eval_seed, list(r.modes),
                                         np.concatenate([p.accuracy for p in parts]),
-                                        np.concatenate([np.full(len(p.accuracy), i) for i, p in enumerate(parts)])))
+                                        np.concatenate([np.full(len(p.accuracy), i) for i, p in enumerate(parts)]),
+                                        None if any(f is None for f in fingerprints) else np.concatenate(fingerprints),
+                                        " + ".join(p.source for p in parts)))
     return records + multi
 
 
@@ -104,14 +114,27 @@ def compare(records: list[TestRecord], baseline: str) -> list[dict]:
                         len(ours.accuracy) != len(theirs.accuracy):
                     raise ValueError(f"{method} and {baseline} on {setup}, seed {seed}, met different test tasks "
                                      "(another eval.seed, mode list or task count); rerun with the same eval.*")
+                check_same_tasks(ours, theirs)
                 pairs.append((seed, ours, theirs))
             if not pairs:
                 continue
+            verified = all(ours.fingerprint is not None and theirs.fingerprint is not None for _, ours, theirs in pairs)
             for mode in [*pairs[0][1].modes, "overall"] if len(pairs[0][1].modes) > 1 else ["overall"]:
                 per_seed = [{"seed": seed, **paired(ours.on(mode) - theirs.on(mode))} for seed, ours, theirs in pairs]
                 rows.append({"method": method, "baseline": baseline, "setup": setup, "mode": mode,
-                             "per_seed": per_seed, **across_seeds([p["mean"] for p in per_seed])})
+                             "per_seed": per_seed, "verified": verified, **across_seeds([p["mean"] for p in per_seed])})
     return rows
+
+
+def check_same_tasks(ours: TestRecord, theirs: TestRecord) -> None:
+    """Refuse a pair whose fingerprints say they met different test tasks (both must have them to tell)."""
+    if ours.fingerprint is None or theirs.fingerprint is None:
+        return
+    differ = np.flatnonzero(ours.fingerprint != theirs.fingerprint)
+    if len(differ):
+        raise ValueError(f"{ours.source} and {theirs.source} met different test tasks ({len(differ)} of "
+                         f"{len(ours.fingerprint)} fingerprints "
+                         f"differ, the first at task {differ[0]}); they cannot be paired")
 
 
 def format_difference(row: dict) -> str:

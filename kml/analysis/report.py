@@ -211,6 +211,11 @@ def write_comparisons(rows: list[dict], out: Path, modes: bool) -> None:
     slug = baseline.replace(" ", "_").replace("[", "").replace("]", "").replace("+", "p")
     note = ("\n\nDifference from " + baseline + " in accuracy points, paired over identical test tasks; with several "
             "training seeds the mean of the per-seed differences ± a t-interval over seeds.\n")
+    unverified = sum(not r["verified"] for r in rows if r["mode"] == "overall")
+    if unverified:
+        note += (f"\n{unverified} of {sum(r['mode'] == 'overall' for r in rows)} comparisons are unverified: a run in "
+                 "them has no test-task fingerprints (written before they were recorded), so the pairing rests on "
+                 "identical settings alone.\n")
     (out / f"compare_{slug}.md").write_text(markdown(header, table) + note)
     with open(out / f"compare_{slug}.csv", "w", newline="") as f:
         writer = csv.writer(f)

@@ -1,13 +1,15 @@
-"""The laptop-scale study of RESULTS.md, run in chunks that fit a working session, its small files kept in git
-so that it continues on any machine where it stopped.
+"""The laptop-scale studies of RESULTS.md, run in chunks that fit a working session, their small files kept in
+git so that they continue on any machine where they stopped.
 
-    python -m kml.study status             the study's runs, done and to go (and docs/study/PLAN.md)
+    python -m kml.study status             the study's runs, done and to go (and its PLAN.md)
     python -m kml.study run --hours 2      run the next runs, two one-thread runs side by side, never starting
                                            one that would not finish within the hours; each finished run's
-                                           small files go to docs/study/runs/ and are committed (--no-commit)
-    python -m kml.study report             rebuild every table and figure under docs/study/ from those files
+                                           small files go to <folder>/runs/ and are committed (--no-commit)
+    python -m kml.study report             rebuild every table and figure under <folder>/ from those files
+    ... --study 2mode_5shot                another study (default 2mode_1shot)
 
-The runs are the jobs of the sweeps in conf/experiment/study_2mode_*.yaml, each started as
+A study is data: conf/study/<name>.yaml names its sweeps (conf/experiment/) and its folder (docs/study for
+the 1-shot study). The runs are the jobs of those sweeps, each started as
 `launch.py experiment=E <its overrides>` in outputs/study/E/<overrides> (so a stopped run resumes there from
 last.pt on the same machine). The small files of a finished run are results.json, test_tasks.npz,
 metrics.jsonl, .hydra/{overrides,config}.yaml, transference/**/*.npz and timing.json (its wall time).
@@ -27,18 +29,37 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kml.config import compose, folder_name
+from omegaconf import OmegaConf
+
+from kml.config import CONF_DIR, compose, folder_name
+from kml.errors import ConfigError
 from kml.run import run_lock
 
 REPO = Path(__file__).resolve().parents[2]
-EXPERIMENTS = ("study_2mode_joint", "study_2mode_joint_seeds", "study_2mode_specialists", "study_2mode_transductive",
-               "study_2mode_corrected")
-STUDY_DIR = REPO / "docs" / "study"
+DEFAULT_STUDY = "2mode_1shot"
 SMALL_FILES = ("results.json", "test_tasks.npz", "metrics.jsonl", ".hydra/overrides.yaml", ".hydra/config.yaml")
 # Seconds per training iteration with one thread at 32 px, meta-batch 10 (python -m kml.bench train
 # --image-size 32 on this project's 2-core VM), for a first estimate until runs of the kind have finished.
 SECONDS_PER_ITERATION = {("maml", "none"): 1.15, ("maml", "film"): 1.25, ("maml", "kml"): 1.35,
                          ("protonet", "none"): 0.47, ("protonet", "film"): 0.52, ("protonet", "kml"): 0.6}
+
+
+@dataclass(frozen=True)
+class Study:
+    """conf/study/<name>.yaml: the sweeps a study runs and the folder of its small files and report."""
+
+    name: str
+    experiments: tuple[str, ...]
+    folder: Path
+
+    @classmethod
+    def load(cls, name: str) -> Study:
+        path = CONF_DIR / "study" / f"{name}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+            raise ConfigError(f"no study {name!r}; choose one of: {', '.join(known)} (conf/study/)")
+        node = OmegaConf.load(path)
+        return cls(name, tuple(node.experiments), REPO / node.folder)
 
 
 @dataclass(frozen=True)
@@ -68,8 +89,9 @@ class Job:
         return json.loads(path.read_text()) if path.is_file() else None
 
 
-def jobs(experiments: tuple[str, ...] = EXPERIMENTS) -> list[Job]:
-    """Every job of the study's sweeps, as Hydra's basic sweeper expands them."""
+def jobs(experiments: tuple[str, ...] | None = None) -> list[Job]:
+    """Every job of the sweeps (default: the default study's), as Hydra's basic sweeper expands them."""
+    experiments = Study.load(DEFAULT_STUDY).experiments if experiments is None else experiments
     found = []
     for experiment in experiments:
         cfg = compose([f"experiment={experiment}"], return_hydra_config=True)
@@ -147,10 +169,11 @@ def commit_files(paths: list[Path], message: str, attempts: int = 5) -> None:
     print(f"study: could not commit {' '.join(names)}; commit them yourself", flush=True)
 
 
-def run(study: Path, hours: float, workers: int, extra: list[str], commit: bool, outputs: Path) -> int:
-    """Run pending jobs in `workers` one-thread queues until none is left that fits the time; returns how
-    many finished."""
-    all_jobs = jobs()
+def run(study: Path, hours: float, workers: int, extra: list[str], commit: bool, outputs: Path,
+        experiments: tuple[str, ...] | None = None) -> int:
+    """Run the pending jobs of `experiments` (default: the default study's) in `workers` one-thread queues until
+    none is left that fits the time; returns how many finished."""
+    all_jobs = jobs(experiments)
     pending = [j for j in all_jobs if not j.done(study)]
     deadline = time.monotonic() + 3600 * hours
     lock, finished, failures = threading.Lock(), [], []
@@ -226,19 +249,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kml.study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["status", "run", "report"])
+    parser.add_argument("--study", default=DEFAULT_STUDY, help="which study (conf/study/NAME.yaml)")
     parser.add_argument("--hours", type=float, default=2.0, help="run: start no run that would end later")
     parser.add_argument("--workers", type=int, default=2, help="run: one-thread runs side by side")
     parser.add_argument("--no-commit", action="store_true", help="run: leave the finished runs' files uncommitted")
-    parser.add_argument("--study-dir", default=str(STUDY_DIR), help="where the small files live (docs/study)")
+    parser.add_argument("--study-dir", help="where the small files live (default: the study's folder)")
     parser.add_argument("--outputs", default=str(REPO / "outputs" / "study"), help="the runs' own folders")
     parser.add_argument("extra", nargs="*", help="run: further overrides for every run (e.g. debug=tiny)")
     args = parser.parse_args(argv)
-    study = Path(args.study_dir)
+    try:
+        chosen = Study.load(args.study)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    study = Path(args.study_dir) if args.study_dir else chosen.folder
     if args.command == "status":
-        print(write_plan(study, jobs()))
+        print(write_plan(study, jobs(chosen.experiments)))
         return 0
     if args.command == "run":
-        run(study, args.hours, args.workers, args.extra, not args.no_commit, Path(args.outputs))
+        run(study, args.hours, args.workers, args.extra, not args.no_commit, Path(args.outputs), chosen.experiments)
         return 0
     return report(study)
 

@@ -18,6 +18,7 @@ class Serving:
     class_split: str = "standard"
     fc100_inverted: bool = False
     aircraft_banner: bool = False  # Aircraft from `prepare aircraft_banner` (photos with their banner)
+    episode_order: str = "by_label"  # by_label | released: a task's row blocks as the released loaders order them
 
 
 
@@ -66,7 +67,7 @@ class Benchmark:
         all the benchmark's)."""
         datasets = [self.split(mode, split) for mode in (self.modes if modes is None else modes)]
         samplers = [EpisodeSampler(d, self.way, self.shot, int(query), rotate=d.rotate_classes) for d in datasets]
-        return MultimodalSampler(samplers, int(meta_batch), policy=policy, seed=seed)
+        return MultimodalSampler(samplers, int(meta_batch), policy=policy, seed=seed, order=self.serving.episode_order)
 
     def check(self, queries: dict[str, int]) -> None:
         """Fail before any work if a split cannot serve its episodes (missing data, too few classes or

@@ -1,6 +1,7 @@
 """Few-shot episodes by tensor indexing into prepared arrays (no image decoding per step)."""
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -70,8 +71,9 @@ class EpisodeSampler:
                             " lower `shot` or `eval.query`/`train.query`")
         self.dataset, self.way, self.shot, self.query, self.rotate = dataset, way, shot, query, rotate
 
-    def sample_into(self, support: torch.Tensor, query: torch.Tensor, g: torch.Generator) -> None:
-        """Write one episode into support [N*K, C', H, W] and query [N*Q, C', H, W] (C' may tile C)."""
+    def sample_into(self, support: torch.Tensor, query: torch.Tensor, g: torch.Generator) -> bytes:
+        """Write one episode into support [N*K, C', H, W] and query [N*Q, C', H, W] (C' may tile C); returns
+        what identifies it: its dataset rows (support then query, label by label) and rotations."""
         d, per_class = self.dataset, self.shot + self.query
         classes = torch.randperm(d.num_classes, generator=g)[: self.way]
         counts = d.counts[classes]
@@ -84,7 +86,7 @@ class EpisodeSampler:
             # Fast path: gather straight into the output (index_select beats advanced indexing ~5x).
             torch.index_select(d.images, 0, support_rows, out=support)
             torch.index_select(d.images, 0, query_rows, out=query)
-            return
+            return identity(d, picks, None)
         images = d.images.index_select(0, picks.flatten()).view(self.way, per_class, *d.images.shape[1:])
         if self.rotate:  # a class seen rotated by 90°·r is a new class (Omniglot augmentation)
             turns = torch.randint(4, (self.way,), generator=g)
@@ -94,25 +96,78 @@ class EpisodeSampler:
                     images[chosen] = torch.rot90(images[chosen], r, dims=(-2, -1))
         support.copy_(images[:, : self.shot].flatten(0, 1).expand_as(support))
         query.copy_(images[:, self.shot :].flatten(0, 1).expand_as(query))
+        return identity(d, picks, turns if self.rotate else None)
+
+
+def identity(dataset: SplitDataset, picks: torch.Tensor, turns: torch.Tensor | None) -> bytes:
+    """An episode's identity: its dataset and split, its rows [way, shot + query] (row i of class j is the
+    image of label j at position i) and its rotations."""
+    parts = [f"{dataset.name}/{dataset.split}".encode(), picks.numpy().astype(np.int64).tobytes()]
+    if turns is not None:
+        parts.append(turns.numpy().astype(np.int64).tobytes())
+    return b"|".join(parts)
+
+
+def released_block_order(task_fingerprint: int, way: int) -> torch.Tensor:
+    """The label of each row block as KML-Classification's loaders order them (commit d9db84a): its sampler
+    shuffles a task's N·(K+Q) samples (scripts/sampler.py:51), each loader relabels the classes by a random
+    bijection and groups the rows by label in order of first appearance in that shuffled list
+    (scripts/datasets/*.py, _make_single_batch), so block g holds the label in place g of a uniformly random
+    permutation. Drawn here from the task's fingerprint: the same task gets the same order in every run,
+    and no sampler's random stream is touched (the tasks stay those of every other run)."""
+    seed = task_fingerprint & 0xFFFF_FFFF_FFFF_FFFF
+    return torch.from_numpy(np.random.default_rng(seed).permutation(way))
+
+
+def reorder_blocks(batch: Batch, orders: list[torch.Tensor]) -> Batch:
+    """Each task's label blocks (K support rows, Q query rows per label) put in `orders[t]` order, rows keeping
+    their labels; the rows within a block keep their (random) order."""
+    way = len(orders[0])
+    index = torch.stack(orders)  # [T, N]: block g of task t holds label index[t, g]
+
+    def blocks(x: torch.Tensor) -> torch.Tensor:
+        grouped = x.unflatten(1, (way, -1))  # [T, N, K, ...]
+        taken = grouped[torch.arange(len(orders))[:, None], index]
+        return taken.flatten(1, 2).contiguous()
+
+    return Batch(blocks(batch.support_x), blocks(batch.support_y), blocks(batch.query_x), blocks(batch.query_y),
+                 batch.mode)
+
+
+def fingerprint(episode: bytes, support_y: torch.Tensor, query_y: torch.Tensor) -> int:
+    """A task's fingerprint: 64 bits of blake2b over its identity and label layout. Two runs met the same
+    test task exactly when their fingerprints agree (up to a 2^-64 chance)."""
+    digest = hashlib.blake2b(episode, digest_size=8)
+    digest.update(support_y.numpy().astype(np.int64).tobytes())
+    digest.update(query_y.numpy().astype(np.int64).tobytes())
+    return int.from_bytes(digest.digest(), "little", signed=True)
 
 
 class MultimodalSampler:
     """Meta-batches of T tasks; the mode of each task is chosen round-robin (balanced, as MMAML) or uniformly."""
 
     POLICIES = ("balanced", "uniform")
+    ORDERS = ("by_label", "released")
 
     def __init__(self, samplers: list[EpisodeSampler], meta_batch: int, policy: str = "balanced",
-                 seed: int = 0, channels: int = 3):
+                 seed: int = 0, channels: int = 3, order: str = "by_label"):
+        """order: how a task's rows are laid out. by_label: label j's K support (and Q query) rows are block j.
+        released: the blocks in the order KML-Classification's loaders leave them (released_block_order),
+        each row keeping its label; the released transductive rule reads support rows by position."""
         if policy not in self.POLICIES:
             raise ConfigError(f"data.mode_policy={policy!r} is not valid; choose one of: {', '.join(self.POLICIES)}")
+        if order not in self.ORDERS:
+            raise ConfigError(f"data.episode_order={order!r} is not valid; choose one of: auto, {', '.join(self.ORDERS)}")
         sizes = {tuple(s.dataset.images.shape[2:]) for s in samplers}
         if len(sizes) != 1:
             raise DataError(f"modes have different image sizes {sorted(sizes)}; prepare them at one --image-size")
         first = samplers[0]
         self.samplers, self.meta_batch, self.policy, self.channels = samplers, meta_batch, policy, channels
+        self.order = order
         self.way, self.shot, self.query = first.way, first.shot, first.query
         self.generator = torch.Generator().manual_seed(seed)
         self.next_mode = 0  # round-robin position, carried across meta-batches
+        self.fingerprints = torch.empty(0, dtype=torch.int64)  # of the last batch's tasks (kml.data.sampler.fingerprint)
 
     def modes_for_batch(self) -> torch.Tensor:
         m, t = len(self.samplers), self.meta_batch
@@ -127,11 +182,16 @@ class MultimodalSampler:
         support = torch.empty((t, self.way * self.shot, self.channels, *size), dtype=torch.uint8)
         query = torch.empty((t, self.way * self.query, self.channels, *size), dtype=torch.uint8)
         modes = self.modes_for_batch()
-        for i, mode in enumerate(modes.tolist()):
-            self.samplers[mode].sample_into(support[i], query[i], self.generator)
+        episodes = [self.samplers[mode].sample_into(support[i], query[i], self.generator)
+                    for i, mode in enumerate(modes.tolist())]
         labels = torch.arange(self.way)
-        return Batch(support, labels.repeat_interleave(self.shot).expand(t, -1).contiguous(),
-                     query, labels.repeat_interleave(self.query).expand(t, -1).contiguous(), modes)
+        batch = Batch(support, labels.repeat_interleave(self.shot).expand(t, -1).contiguous(),
+                      query, labels.repeat_interleave(self.query).expand(t, -1).contiguous(), modes)
+        self.fingerprints = torch.tensor([fingerprint(e, batch.support_y[i], batch.query_y[i])
+                                          for i, e in enumerate(episodes)], dtype=torch.int64)
+        if self.order == "released":  # after the fingerprints: the same task whatever its row order
+            batch = reorder_blocks(batch, [released_block_order(f, self.way) for f in self.fingerprints.tolist()])
+        return batch
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "next_mode": self.next_mode}

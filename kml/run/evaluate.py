@@ -26,24 +26,32 @@ def mean_ci(values: list[float] | torch.Tensor, ddof: int = 1) -> dict:
     return {"mean": x.mean().item(), "ci95": 1.96 * std / math.sqrt(n), "n": n}
 
 
-def task_accuracies(learner, data: Benchmark, split: str, cfg, tasks_per_mode: int, seed: int,
-                    device: torch.device, desc: str = "eval") -> dict[str, torch.Tensor]:
-    """Accuracy of every task, per mode. Same seed, same tasks: comparable across checkpoints and runs."""
+def evaluate_tasks(learner, data: Benchmark, split: str, cfg, tasks_per_mode: int, seed: int,
+                   device: torch.device, desc: str = "eval") -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Accuracy and fingerprint (kml.data.sampler.fingerprint) of every task, per mode. Same seed, same tasks:
+    comparable across checkpoints and runs, and the fingerprints prove it."""
     batch_size = int(cfg.eval.meta_batch)
     learner.eval()
-    result = {}
+    accuracy, fingerprint = {}, {}
     with tqdm(total=tasks_per_mode * len(data.modes), desc=desc, unit="task", leave=False, mininterval=1.0) as bar:
         for mode in data.modes:
             sampler = data.sampler(split, cfg.eval.query, batch_size, seed=seed + mode_seed(mode), modes=[mode])
-            accuracies = []
+            accuracies, fingerprints = [], []
             for done in range(0, tasks_per_mode, batch_size):
                 batch = sampler.sample()
                 take = min(batch_size, tasks_per_mode - done)
                 accuracies.append(learner.evaluate(batch.to(device)).detach().cpu()[:take])
+                fingerprints.append(sampler.fingerprints[:take])
                 bar.update(take)
-            result[mode] = torch.cat(accuracies)
+            accuracy[mode], fingerprint[mode] = torch.cat(accuracies), torch.cat(fingerprints)
     learner.train()
-    return result
+    return accuracy, fingerprint
+
+
+def task_accuracies(learner, data: Benchmark, split: str, cfg, tasks_per_mode: int, seed: int,
+                    device: torch.device, desc: str = "eval") -> dict[str, torch.Tensor]:
+    """Accuracy of every task, per mode (evaluate_tasks without the fingerprints)."""
+    return evaluate_tasks(learner, data, split, cfg, tasks_per_mode, seed, device, desc)[0]
 
 
 def mode_seed(mode: str) -> int:
@@ -69,12 +77,14 @@ def write_results(path: Path, results: dict) -> None:
     atomic_write(path, lambda f: f.write(json.dumps(results, indent=1).encode()))
 
 
-def write_test_tasks(path: Path, per_mode: dict[str, torch.Tensor], seed: int) -> None:
-    """Every test task's accuracy with its mode, in task order: two runs with the same eval.seed met the
-    same tasks, so their arrays compare pairwise (python -m kml.report --compare)."""
+def write_test_tasks(path: Path, per_mode: dict[str, torch.Tensor], seed: int,
+                     fingerprints: dict[str, torch.Tensor]) -> None:
+    """Every test task's accuracy, mode and fingerprint, in task order: two runs met the same tasks when their
+    fingerprints agree, so their arrays compare pairwise (python -m kml.report --compare checks it)."""
     arrays = {"accuracy": torch.cat(list(per_mode.values())).numpy(),
               "mode": np.concatenate([np.full(len(acc), i) for i, acc in enumerate(per_mode.values())]),
-              "modes": np.array(list(per_mode)), "eval_seed": seed}
+              "modes": np.array(list(per_mode)), "eval_seed": seed,
+              "fingerprint": torch.cat([fingerprints[mode] for mode in per_mode]).numpy()}
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
@@ -83,13 +93,13 @@ def evaluate_and_report(learner, data: Benchmark, cfg: DictConfig, run_dir: Path
     """The test phase of a run: eval.tasks_per_mode tasks per mode from eval.seed, results.json and
     test_tasks.npz in the run folder, the table printed and logged."""
     seed = int(cfg.eval.seed)
-    per_mode = task_accuracies(learner, data, "test", cfg, cfg.eval.tasks_per_mode, seed + TEST_SEED_OFFSET,
+    per_mode, fingerprints = evaluate_tasks(learner, data, "test", cfg, cfg.eval.tasks_per_mode, seed + TEST_SEED_OFFSET,
                                device, desc="test")
     results = {**summarise(per_mode, int(cfg.eval.std_ddof)), "method": learner.method_name,
                "benchmark": cfg.benchmark.name, "shot": int(cfg.shot), "way": int(cfg.way),
                "protocol": cfg.get("protocol", "paper"), "variant": cfg.get("variant"), "seed": int(cfg.seed),
                "eval_seed": seed}
-    write_test_tasks(run_dir / "test_tasks.npz", per_mode, seed)
+    write_test_tasks(run_dir / "test_tasks.npz", per_mode, seed, fingerprints)
     write_results(run_dir / "results.json", results)
     print(f"\n{results['method']} on {results['benchmark']}, {cfg.way}-way {cfg.shot}-shot (test split)")
     print(results_table(results))

@@ -42,5 +42,16 @@ def benchmark_for(cfg) -> Benchmark:
     """The run's modes as the config names them: `benchmark.modes` at `image_size`, `way`-way `shot`-shot,
     served as the `data.*` switches say; each split is opened once, when first asked for."""
     data = cfg.data
-    serving = Serving(str(data.split), bool(data.fc100_inverted), bool(data.aircraft_banner))
+    serving = Serving(str(data.split), bool(data.fc100_inverted), bool(data.aircraft_banner), episode_order(cfg))
     return Benchmark(list(cfg.benchmark.modes), data.root, int(cfg.image_size), int(cfg.way), int(cfg.shot), serving)
+
+
+def episode_order(cfg) -> str:
+    """data.episode_order, with `auto` resolved: the released loaders' row order where the released transductive
+    rule reads rows by position and K > 1; at K = 1 the rule reads no support row, so the order would change
+    nothing but float rounding, and the label order keeps 1-shot runs bit-identical to those before it existed."""
+    order = str(cfg.data.get("episode_order", "auto"))
+    if order != "auto":
+        return order
+    released_rule = cfg.get("learner", {}).get("transductive") == "released"
+    return "released" if released_rule and int(cfg.shot) > 1 else "by_label"
