@@ -1,5 +1,6 @@
 """Shared fixtures: the real data folder (../shared/data, or $KML_SHARED_DATA) and real datasets
-prepared from it once per test session, all at REAL_IMAGE_SIZE under one root."""
+prepared from it once per test session, all at REAL_IMAGE_SIZE under one root; the device of the tests
+that take one (`--kml-device`, cpu by default: `python -m kml.bench gpu` runs them with cuda)."""
 from __future__ import annotations
 
 import os
@@ -11,6 +12,40 @@ from kml.data.prepare import prepare
 
 SHARED_DATA = Path(os.environ.get("KML_SHARED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 REAL_IMAGE_SIZE = 28  # small, to keep the session fast on a CPU
+
+
+def pytest_addoption(parser):
+    parser.addoption("--kml-device", default="cpu", choices=["cpu", "cuda"],
+                     help="device of the tests that take the `device` fixture (marked `device`); default cpu")
+
+
+def pytest_configure(config):
+    if config.getoption("--kml-device") == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise pytest.UsageError("--kml-device cuda: no CUDA device is visible")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that take `device` are marked `device` (`-m device` selects them); `cuda`-marked tests are
+    skipped where no CUDA device is visible."""
+    import torch
+
+    no_cuda = None if torch.cuda.is_available() else pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.device)
+        if no_cuda is not None and item.get_closest_marker("cuda"):
+            item.add_marker(no_cuda)
+
+
+@pytest.fixture(scope="session")
+def device(request):
+    """Where the device-taking tests run: --kml-device (cpu, or cuda on a GPU machine)."""
+    import torch
+
+    return torch.device(request.config.getoption("--kml-device"))
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """The batched fast path (kml/learners/batched.py) computes what the plain per-task loop computes.
 
-Everything here runs on a CPU in float64 with tiny networks; the CUDA checks at the end are skipped
-without a GPU.
+Everything here runs in float64 with tiny networks, on the `device` fixture's device where a test takes
+it (a CPU unless `--kml-device cuda`: `python -m kml.bench gpu` runs them on a GPU); the `cuda`-marked
+checks at the end are skipped without a GPU.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ CLIP = 0.05  # small enough to bind on these tiny tasks (checked below)
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def learner_pair(learner_name: str, modulation: str, *overrides: str, channels: int = 2, **keys):
-    """The same float64 learner twice: plain per-task loop and batched (identical parameters)."""
+def learner_pair(learner_name: str, modulation: str, *overrides: str, channels: int = 2, device=None, **keys):
+    """The same float64 learner twice: plain per-task loop and batched (identical parameters), on `device`."""
     torch.manual_seed(0)
     keys = {"inner_lr": 0.5, "train_steps": 2, "grad_clip": CLIP, **keys} if learner_name == "maml" else keys
     loop = build_learner(tiny_config(learner_name, modulation, *overrides, channels=channels, **keys,
@@ -37,6 +38,8 @@ def learner_pair(learner_name: str, modulation: str, *overrides: str, channels: 
     fast = build_learner(tiny_config(learner_name, modulation, *overrides, channels=channels, **keys,
                                      batched=True)).double()
     fast.load_state_dict(loop.state_dict())
+    if device is not None:
+        loop, fast = loop.to(device), fast.to(device)
     return loop, fast
 
 
@@ -60,12 +63,10 @@ def assert_same_meta_step(loop, fast, batch):
 
 @pytest.mark.parametrize("first_order", [False, True], ids=["second_order", "first_order"])
 @pytest.mark.parametrize("modulation", MODULATIONS)
-def test_batched_maml_meta_gradients_equal_the_per_task_loop(modulation, first_order):
-    loop, fast = learner_pair("maml", modulation, first_order=first_order)
-    assert fast.fast_path.use_batched(torch.device("cpu")) and not loop.fast_path.use_batched(
-        torch.device("cpu")
-    )
-    batch = random_batch(tasks=3, way=2, shot=2, query=3, dtype=torch.float64)
+def test_batched_maml_meta_gradients_equal_the_per_task_loop(modulation, first_order, device):
+    loop, fast = learner_pair("maml", modulation, first_order=first_order, device=device)
+    assert fast.fast_path.use_batched(device) and not loop.fast_path.use_batched(device)
+    batch = random_batch(tasks=3, way=2, shot=2, query=3, dtype=torch.float64).to(device)
 
     # The element-wise clamp binds on some inner-gradient entries and not on others.
     x, y = batch.support_x[0], batch.support_y[0]
@@ -81,10 +82,10 @@ def test_batched_maml_meta_gradients_equal_the_per_task_loop(modulation, first_o
 
 @pytest.mark.parametrize("conv", ["grouped", "per_task", "unfold", "auto", "timed"])
 @pytest.mark.parametrize("tasks_per_pass", [1, 2, "auto"])
-def test_every_convolution_method_and_task_grouping_gives_the_same_meta_gradients(conv, tasks_per_pass):
-    loop, fast = learner_pair("maml", "kml")
+def test_every_convolution_method_and_task_grouping_gives_the_same_meta_gradients(conv, tasks_per_pass, device):
+    loop, fast = learner_pair("maml", "kml", device=device)
     fast.fast_path = FastPath(batched=True, conv=conv, tasks_per_pass=tasks_per_pass)
-    batch = random_batch(tasks=3, dtype=torch.float64)
+    batch = random_batch(tasks=3, dtype=torch.float64).to(device)
     assert len(fast.fast_path.passes(batch.query_x)) == {1: 3, 2: 2, "auto": 1}[tasks_per_pass]
     assert_same_meta_step(loop, fast, batch)
     torch.testing.assert_close(fast.evaluate(batch), loop.evaluate(batch), rtol=0, atol=0)
@@ -117,9 +118,9 @@ def test_batched_maml_differs_between_orders():
 
 
 @pytest.mark.parametrize("modulation", MODULATIONS)
-def test_batched_maml_evaluate_equals_the_per_task_loop(modulation):
-    loop, fast = learner_pair("maml", modulation, test_steps=3, way=3)
-    batch = random_batch(tasks=4, way=3, shot=2, query=4, dtype=torch.float64, seed=3)
+def test_batched_maml_evaluate_equals_the_per_task_loop(modulation, device):
+    loop, fast = learner_pair("maml", modulation, test_steps=3, way=3, device=device)
+    batch = random_batch(tasks=4, way=3, shot=2, query=4, dtype=torch.float64, seed=3).to(device)
     expected = loop.evaluate(batch)
     torch.testing.assert_close(fast.evaluate(batch), expected, rtol=0, atol=0)
     with torch.no_grad():
@@ -130,9 +131,9 @@ def test_batched_maml_evaluate_equals_the_per_task_loop(modulation):
     assert all(p.grad is None for p in fast.parameters())
 
 
-def test_batched_adapt_equals_adapt_task_by_task():
-    loop, fast = learner_pair("maml", "kml")
-    batch = random_batch(tasks=3, dtype=torch.float64)
+def test_batched_adapt_equals_adapt_task_by_task(device):
+    loop, fast = learner_pair("maml", "kml", device=device)
+    batch = random_batch(tasks=3, dtype=torch.float64).to(device)
     modulation = batched.task_modulation(fast.modulator, batch.support_x, len(fast.backbone.blocks))
     adapted = fast.batched_adapt(
         batch.support_x,
@@ -150,9 +151,9 @@ def test_batched_adapt_equals_adapt_task_by_task():
 
 
 @pytest.mark.parametrize("modulation", MODULATIONS)
-def test_batched_protonet_equals_the_per_task_loop(modulation):
-    loop, fast = learner_pair("protonet", modulation, way=3)
-    batch = random_batch(tasks=3, way=3, shot=2, query=2, dtype=torch.float64)
+def test_batched_protonet_equals_the_per_task_loop(modulation, device):
+    loop, fast = learner_pair("protonet", modulation, way=3, device=device)
+    batch = random_batch(tasks=3, way=3, shot=2, query=2, dtype=torch.float64).to(device)
     assert_same_meta_step(loop, fast, batch)
     torch.testing.assert_close(fast.evaluate(batch), loop.evaluate(batch), rtol=0, atol=0)
 
@@ -230,35 +231,35 @@ def test_bfloat16_autocast_runs_on_cpu(learner_name):
     "learner_name, channels_last, first_order",
     [("maml", True, False), ("maml", "auto", False), ("maml", "auto", True), ("protonet", "auto", False)],
 )
-def test_channels_last_gives_the_same_meta_gradients(learner_name, channels_last, first_order):
+def test_channels_last_gives_the_same_meta_gradients(learner_name, channels_last, first_order, device):
     """NHWC everywhere, or (auto) only in the passes differentiated at most once: same meta-step."""
     keys = {"first_order": first_order} if learner_name == "maml" else {}
-    loop, fast = learner_pair(learner_name, "film", **keys)
+    loop, fast = learner_pair(learner_name, "film", device=device, **keys)
     fast.fast_path = FastPath(batched=True, channels_last=channels_last)
-    batch = random_batch(tasks=2, size=12, dtype=torch.float64)
+    batch = random_batch(tasks=2, size=12, dtype=torch.float64).to(device)
     assert_same_meta_step(loop, fast, batch)
     torch.testing.assert_close(fast.evaluate(batch), loop.evaluate(batch), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("learner_name, first_order", [("protonet", False), ("maml", True), ("maml", False)])
-def test_compiled_forward_gives_the_same_meta_gradients(learner_name, first_order):
+def test_compiled_forward_gives_the_same_meta_gradients(learner_name, first_order, device):
     """`compile` traces the batched forward with torch.compile (here its `eager` backend: no C compiler
     needed); second-order MAML keeps its inner loop eager (twice-differentiated) and still agrees."""
     keys = {"first_order": first_order} if learner_name == "maml" else {}
-    loop, fast = learner_pair(learner_name, "kml", **keys)
+    loop, fast = learner_pair(learner_name, "kml", device=device, **keys)
     fast.fast_path = FastPath(batched=True, compile="eager")
-    batch = random_batch(tasks=2, dtype=torch.float64)
+    batch = random_batch(tasks=2, dtype=torch.float64).to(device)
     assert_same_meta_step(loop, fast, batch)
     torch.testing.assert_close(fast.evaluate(batch), loop.evaluate(batch), rtol=0, atol=0)
     assert "eager" in fast._batched_backbone._compiled
 
 
-def test_higher_reference_of_the_benchmark_matches_our_meta_gradients():
+def test_higher_reference_of_the_benchmark_matches_our_meta_gradients(device):
     pytest.importorskip("higher")
     from kml.bench.reference import higher_meta_loss
 
-    loop, _ = learner_pair("maml", "kml")
-    batch = random_batch(tasks=2, dtype=torch.float64)
+    loop, _ = learner_pair("maml", "kml", device=device)
+    batch = random_batch(tasks=2, dtype=torch.float64).to(device)
     _, _, expected = meta_gradients(loop, batch)
     loop.zero_grad()
     higher_meta_loss(loop, batch)
@@ -266,10 +267,7 @@ def test_higher_reference_of_the_benchmark_matches_our_meta_gradients():
         torch.testing.assert_close(p.grad, g, rtol=1e-7, atol=1e-10, msg=name)
 
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-@cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("modulation", MODULATIONS)
 def test_batched_maml_on_cuda_equals_the_per_task_loop(modulation):
     loop, fast = learner_pair("maml", modulation)
@@ -278,7 +276,7 @@ def test_batched_maml_on_cuda_equals_the_per_task_loop(modulation):
     assert_same_meta_step(loop, fast, batch)
 
 
-@cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_bfloat16_autocast_on_cuda(channels_last):
     torch.manual_seed(0)
@@ -315,16 +313,16 @@ KML_SWITCHES = [("modulation.identity=false", "modulation.init=default"), ("modu
 @pytest.mark.parametrize("learner_name, switches", [(name, s) for name, cases in PROTOCOL_SWITCHES.items()
                                                     for s in cases])
 @pytest.mark.parametrize("modulation", MODULATIONS)
-def test_the_released_switches_keep_batched_and_per_task_equal(learner_name, switches, modulation):
-    loop, fast = learner_pair(learner_name, modulation, *switches, way=3)
-    batch = random_batch(tasks=3, way=3, shot=2, query=2, dtype=torch.float64)
+def test_the_released_switches_keep_batched_and_per_task_equal(learner_name, switches, modulation, device):
+    loop, fast = learner_pair(learner_name, modulation, *switches, way=3, device=device)
+    batch = random_batch(tasks=3, way=3, shot=2, query=2, dtype=torch.float64).to(device)
     assert_same_meta_step(loop, fast, batch)
     torch.testing.assert_close(fast.evaluate(batch), loop.evaluate(batch), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("learner_name", LEARNERS)
 @pytest.mark.parametrize("switches", KML_SWITCHES)
-def test_the_released_kml_keeps_batched_and_per_task_equal(learner_name, switches):
-    loop, fast = learner_pair(learner_name, "kml", *switches, channels=4)
-    batch = random_batch(tasks=3, dtype=torch.float64)
+def test_the_released_kml_keeps_batched_and_per_task_equal(learner_name, switches, device):
+    loop, fast = learner_pair(learner_name, "kml", *switches, channels=4, device=device)
+    batch = random_batch(tasks=3, dtype=torch.float64).to(device)
     assert_same_meta_step(loop, fast, batch)

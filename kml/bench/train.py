@@ -19,6 +19,8 @@ from kml.config import CONF_DIR, compose
 from kml.data.episodes import Batch
 from kml.learners import build_learner, build_optimizer, method_name
 
+PATHS = ("batched", "per-task", "higher")
+
 
 @dataclass(frozen=True)
 class Case:
@@ -61,12 +63,12 @@ class Sizes:
         return cls(**{**sizes.__dict__, "image": args.image_size}) if args.image_size else sizes
 
 
-def cases(device: torch.device, run_all: bool, quick: bool) -> list[Case]:
-    """Every combination on a GPU or with --all (--quick: 1-shot only); on a CPU by default the 1-shot
-    second-order MAML none/KML and ProtoNet none/KML rows, each also as the per-task loop, and the
-    references."""
-    full = run_all or quick or device.type == "cuda"
-    shots = (1, 5) if run_all or device.type == "cuda" else (1,)
+def cases(device: torch.device, run_all: bool, quick: bool, core: bool = False) -> list[Case]:
+    """Every combination on a GPU or with --all (--quick: 1-shot only); on a CPU by default, and anywhere
+    with `core`, the 1-shot second-order MAML none/KML and ProtoNet none/KML rows, each also as the
+    per-task loop, and the references."""
+    full = not core and (run_all or quick or device.type == "cuda")
+    shots = (1, 5) if not core and (run_all or device.type == "cuda") else (1,)
     modulations = ("none", "film", "kml") if full else ("none", "kml")
     rows = []
     for shot in shots:
@@ -194,11 +196,12 @@ def bench_train(args: argparse.Namespace, device: torch.device) -> list[dict]:
             ("autocast", args.autocast),
             ("channels_last", args.channels_last),
             ("compile", args.compile),
+            ("tasks_per_pass", args.tasks_per_pass),
         )
         if value is not None and value is not False
     }
     problem = higher_status()
-    todo = cases(device, args.all, args.quick)
+    todo = [c for c in cases(device, args.all, args.quick, args.core) if c.path in args.paths]
     if problem is not None:
         todo = [c for c in todo if c.path != "higher"]
     load = os.getloadavg()
@@ -208,6 +211,8 @@ def bench_train(args: argparse.Namespace, device: torch.device) -> list[dict]:
     for shot in sorted({case.shot for case in todo}):
         done = len(results)
         results += measure([c for c in todo if c.shot == shot], sizes, device, repeats, fast_path)
+    for result in results:
+        result["ceiling_flops_per_s"] = ceiling  # what `of matmul` divides by, for callers (kml.bench.gpu_speed)
         if args.verbose:
             print("\n".join(format_table(results, ceiling)[2 + done :]), flush=True)
     print(
@@ -235,10 +240,13 @@ def bench_train(args: argparse.Namespace, device: torch.device) -> list[dict]:
     )
     if problem is not None:
         print(f"  reference: `higher` does not import ({problem}); the per-task loop rows are the reference")
-    if not (args.all or args.quick or device.type == "cuda"):
+    if args.core or not (args.all or args.quick or device.type == "cuda"):
         print(
-            "  CPU default: 1-shot, second-order MAML and ProtoNet, none and KML only (--all for every row)"
+            f"  {'--core' if args.core else 'CPU default'}: 1-shot, second-order MAML and ProtoNet, none and "
+            "KML only (--all for every row)"
         )
+    if set(args.paths) != set(PATHS):
+        print(f"  paths: {', '.join(args.paths)} only")
     for line in format_table(results, ceiling):
         print(line)
     print_ratios(results)
