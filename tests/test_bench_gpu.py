@@ -96,12 +96,12 @@ def test_every_step_runs_on_a_cpu_and_writes_its_files(tmp_path, carried):
     speed = steps["speed"]["results"]
     assert [v["name"] for v in speed["variants"]] == ["default switches", "autocast bf16", "channels_last",
                                                        "tasks per pass 1", "compile eager"]
-    methods = {"MAML", "MAML+KML", "ProtoNet", "ProtoNet+KML"}
+    methods = {"MAML", "MMAML+KML", "ProtoNet", "MProtoNet+KML"}
     default = speed["variants"][0]["rows"]
     assert {r["method"] for r in default if r["path"] == "batched"} == methods
     assert {r["method"] for r in default if r["path"] == "per-task"} == methods
     if speed["higher"] == "imports":
-        assert {r["method"] for r in default if r["path"] == "higher"} == {"MAML", "MAML+KML"}
+        assert {r["method"] for r in default if r["path"] == "higher"} == {"MAML", "MMAML+KML"}
     for variant in speed["variants"]:
         assert "error" not in variant, variant
         assert {r["method"] for r in variant["rows"]} == methods

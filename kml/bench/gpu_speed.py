@@ -1,5 +1,5 @@
 """Step 3 of the GPU check: the train benchmark's core rows (84 px, 5-way 1-shot, meta-batch 10, second
-order: MAML, MAML+KML, ProtoNet, ProtoNet+KML), first with the default switches beside the per-task loop
+order: MAML, MMAML+KML, ProtoNet, MProtoNet+KML), first with the default switches beside the per-task loop
 and the `higher` reference, then with each fast-path switch on its own (batched rows only), all in this
 one process so that every variant is compared with the same reference rows. Results go to speed.json
 after each variant, and a figure to speed.png at the end."""
