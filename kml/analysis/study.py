@@ -38,10 +38,17 @@ from kml.run import run_lock
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_STUDY = "2mode_1shot"
 SMALL_FILES = ("results.json", "test_tasks.npz", "metrics.jsonl", ".hydra/overrides.yaml", ".hydra/config.yaml")
-# Seconds per training iteration with one thread at 32 px, meta-batch 10 (python -m kml.bench train
-# --image-size 32 on this project's 2-core VM), for a first estimate until runs of the kind have finished.
-SECONDS_PER_ITERATION = {("maml", "none"): 1.15, ("maml", "film"): 1.25, ("maml", "kml"): 1.35,
-                         ("protonet", "none"): 0.47, ("protonet", "film"): 0.52, ("protonet", "kml"): 0.6}
+# Seconds per training iteration with one thread at 32 px, meta-batch 10, on this project's 2-core VM, for a
+# first estimate until runs of the kind have finished. 1-shot: python -m kml.bench train --image-size 32.
+# 5-shot: 40-iteration runs of each study row with the other core busy (2026-12-06, issue 27), plus their
+# validation and test time spread over 1,200 iterations (MAML's 5-step inner loop on 25 images: ~0.1 s a task).
+SECONDS_PER_ITERATION = {("maml", "none", 1): 1.15, ("maml", "film", 1): 1.25, ("maml", "kml", 1): 1.35,
+                         ("protonet", "none", 1): 0.47, ("protonet", "film", 1): 0.52, ("protonet", "kml", 1): 0.6,
+                         ("maml", "none", 5): 3.4, ("maml", "film", 5): 3.6, ("maml", "kml", 5): 3.8,
+                         ("protonet", "none", 5): 0.75, ("protonet", "film", 5): 0.7, ("protonet", "kml", 5): 0.75}
+# The query-set task embedding runs the encoder and the modulated backbone a second time (1-shot: 18 against
+# 12 minutes; 5-shot probe: 0.94 against 0.60 s an iteration).
+QUERY_EMBEDDING_FACTOR = 1.5
 
 
 @dataclass(frozen=True)
@@ -109,7 +116,9 @@ def estimate(job: Job, study: Path, done: list[Job]) -> float:
         return sum(seen) / len(seen)
     cfg = compose([f"experiment={job.experiment}", *job.overrides])
     _, learner, modulation = job.kind
-    per_iteration = SECONDS_PER_ITERATION.get((learner, modulation), 1.4)
+    per_iteration = SECONDS_PER_ITERATION.get((learner, modulation, int(cfg.shot)), 1.4 * int(cfg.shot))
+    if cfg.learner.get("query_task_embedding") and modulation != "none":
+        per_iteration *= QUERY_EMBEDDING_FACTOR
     measurements = len(cfg.transference.iterations) if "transference" in (cfg.get("hooks") or {}) else 0
     return 1.15 * per_iteration * int(cfg.train.iterations) + 150 + 200 * measurements
 
