@@ -179,3 +179,24 @@ def test_pairs_are_verified_by_fingerprints_or_marked_unverified(tmp_path):
     assert {r["method"]: r["verified"] for r in rows if r["mode"] == "overall"} == {"MMAML": True, "MProtoNet": False}
     assert report.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--compare", "MAML"]) == 0
     assert "1 of 2 comparisons are unverified" in (tmp_path / "out" / "compare_MAML.md").read_text()
+
+
+def test_task_sampling_halfwidth_matches_the_normal_interval_and_is_reproducible():
+    values = np.random.default_rng(1).binomial(75, 0.6, 4000) / 75  # 4,000 tasks of 75 queries each
+    analytic = 1.96 * np.std(values, ddof=1) / math.sqrt(len(values))
+    got = compare.task_sampling_halfwidth(values, draws=4000)
+    assert got == pytest.approx(analytic, rel=0.1)
+    assert compare.task_sampling_halfwidth(values, seed=3) == compare.task_sampling_halfwidth(values, seed=3)
+    assert compare.task_sampling_halfwidth(values, seed=3) != compare.task_sampling_halfwidth(values, seed=4)
+    assert compare.task_sampling_halfwidth(np.full(50, 0.4)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_task_sampling_halfwidth_within_groups_leaves_out_the_gap_between_them():
+    g = np.random.default_rng(2)
+    values = np.concatenate([g.normal(0.3, 0.1, 2000), g.normal(0.9, 0.05, 2000)])  # two modes far apart
+    groups = np.repeat([0, 1], 2000)
+    within = 1.96 * math.sqrt(2000 * 0.1 ** 2 + 2000 * 0.05 ** 2) / 4000  # the two modes' task counts are fixed
+    assert compare.task_sampling_halfwidth(values, draws=4000, groups=groups) == pytest.approx(within, rel=0.1)
+    assert compare.task_sampling_halfwidth(values, draws=4000) > 3 * within  # pooled, the gap counts as noise
+    with pytest.raises(ValueError, match="one group per value"):
+        compare.task_sampling_halfwidth(values, groups=groups[:10])

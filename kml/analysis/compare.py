@@ -8,7 +8,8 @@ keeps every task's accuracy in test_tasks.npz), so two methods compare task by t
   seed would have moved either of them.
 - across training seeds: the mean of the per-seed mean differences, ± a t-interval over seeds
   (t_{0.975, seeds−1}·std/√seeds). This carries the training-seed variance and is the figure to rest a
-  claim on; with one seed there is none.
+  claim on; with one seed there is none. Every seed meets the same tasks, so it leaves out how much
+  another draw of test tasks would move a number: task_sampling_halfwidth, a bootstrap over the tasks.
 
 Multi-<method> rows are assembled from single-mode specialists (per seed, in the setup's mode order),
 whose test tasks are the multimodal run's tasks of that mode (kml.run.evaluate.mode_seed).
@@ -87,6 +88,30 @@ def paired(difference: np.ndarray) -> dict:
     n = len(difference)
     std = float(np.std(difference, ddof=1)) if n > 1 else 0.0
     return {"mean": float(np.mean(difference)), "ci95": 1.96 * std / math.sqrt(n), "n": n}
+
+
+def task_sampling_halfwidth(values: np.ndarray, draws: int = 2000, seed: int = 0,
+                            groups: np.ndarray | None = None) -> float:
+    """How much the sampling of the test tasks alone moves a mean: the half-width of the central 95% of
+    `draws` bootstrap means of `values` (one per task; the unit is theirs), the tasks resampled with
+    replacement. For a paired difference pass the per-task differences of two runs that met the same
+    tasks, so that the pairing is kept. `groups` (e.g. TestRecord.mode) resamples within each group,
+    keeping its size: the test set has a fixed number of tasks per mode.
+
+    The interval over training seeds (across_seeds) does not carry this: every seed meets the same tasks."""
+    values = np.asarray(values, dtype=np.float64)
+    groups = np.zeros(len(values), dtype=np.int64) if groups is None else np.asarray(groups)
+    if len(values) == 0 or len(groups) != len(values):
+        raise ValueError(f"need one group per value and at least one value ({len(values)} values, {len(groups)} groups)")
+    rng = np.random.default_rng(seed)
+    sums = np.zeros(draws)
+    for group in np.unique(groups):
+        members = values[groups == group]
+        for start in range(0, draws, 500):  # at most 500 × n indices at a time
+            rows = min(500, draws - start)
+            sums[start:start + rows] += members[rng.integers(0, len(members), (rows, len(members)))].sum(axis=1)
+    low, high = np.percentile(sums / len(values), [2.5, 97.5])
+    return float(high - low) / 2
 
 
 def across_seeds(values: list[float]) -> dict:
