@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from kml.bench.gpu_data import choose_data
-from kml.bench.gpu_steps import write_json
+from kml.bench.gpu_steps import pyplot, write_json
 
 MIN_ITERATIONS = 300
 TEST_TASKS = 200  # in all, split evenly between the modes
@@ -186,13 +186,8 @@ def summarise_run(run_dir: Path) -> dict:
 
 def figure(metrics: Path, path: Path) -> None:
     """Training loss and accuracy against the iteration."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as missing:
-        print(f"no figure: {missing}")
+    plt = pyplot()
+    if plt is None:
         return
     if not metrics.is_file():
         return

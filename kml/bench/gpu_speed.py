@@ -10,7 +10,7 @@ import argparse
 import traceback
 from pathlib import Path
 
-from kml.bench.gpu_steps import write_json
+from kml.bench.gpu_steps import pyplot, write_json
 
 
 def variants(device_type: str, quick: bool) -> list[tuple[str, list[str]]]:
@@ -69,13 +69,8 @@ def speed(args: argparse.Namespace) -> None:
 
 def figure(record: dict, path: Path) -> None:
     """ms per meta-iteration of each method, one bar per variant (batched) and the references."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as missing:
-        print(f"no figure: {missing}")
+    plt = pyplot()
+    if plt is None:
         return
     bars: dict[str, dict[str, float]] = {}  # label -> method -> ms
     for entry in record["variants"]:

@@ -26,6 +26,20 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(partial, path)
 
 
+def pyplot():
+    """matplotlib's pyplot on the Agg backend, or None (said once) where matplotlib is missing: a figure is
+    a bonus, never a reason for a step to fail."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as missing:
+        print(f"no figure: {missing}")
+        return None
+    return plt
+
+
 def matmul_tflops(device, precision: str, n: int, repeats: int) -> float:
     """Median TFLOP/s of an n×n @ n×n product at `precision`: fp32 (IEEE), tf32 (fp32 tensors on tensor
     cores) or bf16. set_float32_matmul_precision is the switch that torch 2.11 (the GPU machine's) and
