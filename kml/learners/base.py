@@ -29,11 +29,11 @@ class Learner(nn.Module):
     evaluate(batch) -> [T] query accuracies, without building any outer graph.
 
     `batch` is a kml.data.episodes.Batch already on the learner's device with float images in [0, 1].
+    Call evaluate() plainly or under torch.no_grad(), which it tolerates; MAML needs autograd for its
+    inner loop and turns it back on itself.
 
     The backbone offers `forward(x, modulation=None)`, `layer_shapes` (what a modulator is sized by) and,
     optionally, `batched_forward` for the fast path (kml/models/backbones.py).
-    Call evaluate() plainly or under torch.no_grad(), which it tolerates; MAML needs autograd for its
-    inner loop and turns it back on itself.
     """
 
     needs_head: bool = False

@@ -29,7 +29,9 @@ class ProtoNet(Learner):
     transductive: after the prototypes are built, each is recomputed once from the query set (a soft
         k-means step): p_j = (S_j + Σ_q w_qj f_q) / (K + Σ_q w_qj), w = softmax over classes of
         −‖f_q − p_j‖². "released": S_j sums the support rows j·K … (j+1)·K − 2 in episode order, one row
-        short (in 1-shot S_j is empty), as the released code does; "corrected": S_j sums every support
+        short (in 1-shot S_j is empty), as the released code does (whose loaders leave the row blocks in a
+        random order, so at K > 1 those rows are another class's four times in five in 5-way;
+        `data.episode_order=released`, on by default with this rule, reproduces that order); "corrected": S_j sums every support
         feature labelled j; "none": no refinement (the paper's equations).
     query_task_embedding: the query features (and so the refinement) are computed under a modulation
         from the query images' own task embedding, as the released code does; the support features
