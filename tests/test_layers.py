@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Top down. A module belongs to the layer of the longest prefix naming it or a package above it;
 # "=name" names that one module only (the package `kml` itself is shared, its subpackages are not).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("entry point", ("launch", "kml.bench", "=kml.report", "=kml.study")),
+    ("entry point", ("launch", "kml.bench", "kml.report", "kml.study")),
     ("analysis", ("kml.analysis",)),
     ("run", ("kml.run",)),
     ("learners", ("kml.learners", "kml.mapper")),  # the meta-mapper: its network, its MAML and its tasks

@@ -1,4 +1,4 @@
-"""The study's tooling (kml/study.py): its runs, its chunked runner, and the tables rebuilt from small files."""
+"""The study's tooling (kml/analysis/study.py): its runs, its chunked runner, and the tables rebuilt from small files."""
 
 from __future__ import annotations
 
