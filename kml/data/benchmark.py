@@ -21,7 +21,6 @@ class Serving:
     episode_order: str = "by_label"  # by_label | released: a task's row blocks as the released loaders order them
 
 
-
 class Benchmark:
     """The modes of a run at one image size and episode shape (way, shot), each split of each mode opened
     once, on first use, and shared by every sampler drawn from it: the run's check, training, validation,
@@ -33,14 +32,12 @@ class Benchmark:
         self.way, self.shot, self.serving = int(way), int(shot), serving
         self._opened: dict[tuple[str, str], SplitDataset] = {}  # (stored name, split) -> as prepared
         self._served: dict[tuple[str, str], SplitDataset] = {}  # (mode, split) -> as served
-        self.opens = 0  # prepared splits read from disk (each at most once)
         if any(m in synthetic.MODES for m in self.modes):
             synthetic.ensure(root, self.image_size)
 
     def _open(self, stored: str, split: str) -> SplitDataset:
         if (stored, split) not in self._opened:
             self._opened[stored, split] = SplitDataset.load(self.root, stored, self.image_size, split)
-            self.opens += 1
         return self._opened[stored, split]
 
     def split(self, mode: str, split: str) -> SplitDataset:
