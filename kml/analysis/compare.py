@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kml.analysis.runs import label, run_seed, setup_name
+from kml.analysis.runs import find_results, iterations_tested, label, run_seed, setup_name
 
 # t_{0.975, df} for df = 1 … 30: the two-sided 95% quantiles of Student's t (standard tables).
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -187,3 +187,18 @@ def validation_curves(runs: list[dict]) -> dict[str, dict[str, dict[int, list[fl
         for step, value in seen.items():
             curves.setdefault(setup_name(run), {}).setdefault(label(run), {}).setdefault(step, []).append(value)
     return curves
+
+
+def accuracy_at_iterations(folders: list[str]) -> dict[str, dict[str, dict[int, list[float]]]]:
+    """setup -> method -> iteration -> the overall test accuracies of its runs (one per seed) at every
+    iteration some run was tested at, Multi- rows included; multi-mode setups only when there are any (a
+    specialist's single-mode accuracy is on another scale)."""
+    curves: dict[str, dict[str, dict[int, list[float]]]] = {}
+    multimodal = set()
+    for step in iterations_tested(folders):
+        for record in test_records(find_results(folders, step)):
+            by_step = curves.setdefault(record.setup, {}).setdefault(record.method, {})
+            by_step.setdefault(step, []).append(float(record.accuracy.mean()))
+            if len(record.modes) > 1:
+                multimodal.add(record.setup)
+    return {setup: methods for setup, methods in curves.items() if setup in multimodal} if multimodal else curves
