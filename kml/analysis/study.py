@@ -9,10 +9,13 @@ git so that they continue on any machine where they stopped.
     ... --study 2mode_5shot                another study (default 2mode_1shot)
 
 A study is data: conf/study/<name>.yaml names its sweeps (conf/experiment/) and its folder (docs/study for
-the 1-shot study). The runs are the jobs of those sweeps, each started as
+the 1-shot study); a study whose runs are tested along the way (eval.at) lists those iterations
+(`tested_at`: the report adds at_<iteration>/ and schedule.png) and may name a study whose runs its own must
+equal where they meet (`same_as`: same_as_<study>.md). The runs are the jobs of those sweeps, each started as
 `launch.py experiment=E <its overrides>` in outputs/study/E/<overrides> (so a stopped run resumes there from
 last.pt on the same machine). The small files of a finished run are results.json, test_tasks.npz,
-metrics.jsonl, .hydra/{overrides,config}.yaml, transference/**/*.npz and timing.json (its wall time).
+metrics.jsonl, .hydra/{overrides,config}.yaml, transference/**/*.npz, milestones/*/{results.json,test_tasks.npz}
+and timing.json (its wall time).
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ from kml.run import run_lock
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_STUDY = "2mode_1shot"
-SMALL_FILES = ("results.json", "test_tasks.npz", "metrics.jsonl", ".hydra/overrides.yaml", ".hydra/config.yaml")
+SMALL_FILES = ("results.json", "test_tasks.npz", "metrics.jsonl", ".hydra/overrides.yaml", ".hydra/config.yaml",
+               "transference/**/*.npz", "milestones/*/results.json", "milestones/*/test_tasks.npz")
 # Seconds per training iteration with one thread at 32 px, meta-batch 10, on this project's 2-core VM, for a
 # first estimate until runs of the kind have finished. 1-shot: python -m kml.bench train --image-size 32.
 # 5-shot: 40-iteration runs of each study row with the other core busy (2026-12-06, issue 27), plus their
@@ -60,6 +64,8 @@ class Study:
     name: str
     experiments: tuple[str, ...]
     folder: Path
+    tested_at: tuple[int, ...] = ()
+    same_as: str | None = None
 
     @classmethod
     def load(cls, name: str) -> Study:
@@ -68,7 +74,8 @@ class Study:
             known = sorted(p.stem for p in path.parent.glob("*.yaml"))
             raise ConfigError(f"no study {name!r}; choose one of: {', '.join(known)} (conf/study/)")
         node = OmegaConf.load(path)
-        return cls(name, tuple(node.experiments), REPO / node.folder)
+        return cls(name, tuple(node.experiments), REPO / node.folder, tuple(node.get("tested_at") or ()),
+                   node.get("same_as"))
 
 
 @dataclass(frozen=True)
@@ -122,7 +129,8 @@ def estimate(job: Job, study: Path, done: list[Job]) -> float:
     if cfg.learner.get("query_task_embedding") and modulation != "none":
         per_iteration *= QUERY_EMBEDDING_FACTOR
     measurements = len(cfg.transference.iterations) if "transference" in (cfg.get("hooks") or {}) else 0
-    return 1.15 * per_iteration * int(cfg.train.iterations) + 150 + 200 * measurements
+    milestones = len([step for step in cfg.eval.at if step < int(cfg.train.iterations)])
+    return 1.15 * per_iteration * int(cfg.train.iterations) + 150 + 200 * measurements + 60 * milestones
 
 
 def write_plan(study: Path, all_jobs: list[Job]) -> str:
@@ -154,14 +162,11 @@ def write_plan(study: Path, all_jobs: list[Job]) -> str:
 
 def keep_small_files(run_dir: Path, target: Path, seconds: float, resumed: bool) -> None:
     target.mkdir(parents=True, exist_ok=True)
-    for name in SMALL_FILES:
-        if (run_dir / name).is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(run_dir / name, target / name)
-    for npz in (run_dir / "transference").rglob("*.npz"):
-        destination = target / npz.relative_to(run_dir)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(npz, destination)
+    for pattern in SMALL_FILES:
+        for file in run_dir.glob(pattern):
+            destination = target / file.relative_to(run_dir)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(file, destination)
     (target / "timing.json").write_text(json.dumps({"seconds": round(seconds, 1), "resumed": resumed}))
 
 
@@ -239,21 +244,73 @@ def run(study: Path, hours: float, workers: int, extra: list[str], commit: bool,
     return len(finished)
 
 
-def report(study: Path) -> int:
-    """Every table and figure of RESULTS.md, from the small files alone."""
+def report(study: Path, milestones: tuple[int, ...] = (), same_as: Path | None = None) -> int:
+    """Every table and figure of RESULTS.md, from the small files alone: the runs' own tests in `study`,
+    their tests at the other iterations of `milestones` in at_<iteration>/ with schedule.png, and the check
+    against the study in `same_as` in same_as_<its folder>.md."""
     from kml.analysis import report as tables
-    from kml.analysis.compare import test_records
-    from kml.analysis.runs import find_results
+    from kml.analysis.runs import find_results, tested_at
 
     runs = str(study / "runs")
-    # Against the plain learners (the paper's question), the rows one switch away: FiLM (is KML better?)
-    # and MProtoNet+KML (how much does transduction add to it?), and the specialists (is one model for
-    # all modes better than one per mode?); those the finished runs have.
-    present = {t.method for t in test_records(find_results([runs]))} if Path(runs).is_dir() else set()
-    wanted = ("MAML", "ProtoNet", "MMAML", "MProtoNet", "MProtoNet+KML", "Multi-MAML", "Multi-ProtoNet")
-    baselines = [arg for method in wanted if method in present for arg in ("--compare", method)]
-    return tables.main([runs, "--out", str(study), "--modes", "--published", *baselines,
+    own = find_results([runs]) if Path(runs).is_dir() else []
+    extra = ["--schedule", str(study / "schedule.png")] if milestones else []
+    done = tables.main([runs, "--out", str(study), "--modes", "--published", *baselines(own), *extra,
                         "--curves", str(study / "curves.png"), "--transference", str(study / "transference.png")])
+    for step in sorted(set(milestones) - {tested_at(run) for run in own}):
+        at = find_results([runs], step)
+        if at and done == 0:
+            done = tables.main([runs, "--out", str(study / f"at_{step}"), "--modes", "--at", str(step),
+                                *baselines(at)])
+    if same_as is not None and done == 0:
+        print(write_same_as(study, same_as))
+    return done
+
+
+def baselines(runs: list[dict]) -> list[str]:
+    """--compare for the plain learners (the paper's question) and the rows one switch away: FiLM (is KML
+    better?), MProtoNet+KML (how much does transduction add to it?) and the specialists (is one model for all
+    modes better than one per mode?); those the runs have."""
+    from kml.analysis.compare import test_records
+
+    present = {t.method for t in test_records(runs)}
+    wanted = ("MAML", "ProtoNet", "MMAML", "MProtoNet", "MProtoNet+KML", "Multi-MAML", "Multi-ProtoNet")
+    return [arg for method in wanted if method in present for arg in ("--compare", method)]
+
+
+def write_same_as(study: Path, reference: Path) -> str:
+    """same_as_<reference folder>.md: each run of `reference` against this study's test of the same method,
+    setup and seed at the same iteration (these runs are the reference's, trained on), task by task."""
+    import numpy as np
+
+    from kml.analysis.compare import test_records
+    from kml.analysis.runs import find_results, tested_at
+
+    theirs = find_results([str(reference / "runs")])
+    shown = reference.relative_to(REPO) if reference.is_relative_to(REPO) else reference
+    lines = [f"# This study's tests against {shown}'s, where they meet", "",
+             "Same method, setup and training seed, tested at the reference run's last iteration; the per-task "
+             "accuracies compared one by one.", "",
+             "| method | setup | seed | iteration | tasks | identical tasks | identical accuracies | this (%) | "
+             "reference (%) |", "|---|---|---|---:|---:|---|---|---:|---:|"]
+    met = identical = 0
+    for step in sorted({tested_at(run) for run in theirs} - {None}):
+        ours = {(r.method, r.setup, r.seed): r for r in test_records(find_results([str(study / "runs")], step))
+                if not r.method.startswith("Multi-")}
+        for ref in test_records([run for run in theirs if tested_at(run) == step]):
+            mine = ours.get((ref.method, ref.setup, ref.seed))
+            if mine is None or ref.method.startswith("Multi-"):
+                continue
+            same_size = len(mine.accuracy) == len(ref.accuracy)
+            tasks = ("unverified (no fingerprints)" if mine.fingerprint is None or ref.fingerprint is None else
+                     "yes" if same_size and np.array_equal(mine.fingerprint, ref.fingerprint) else "NO")
+            equal = same_size and np.array_equal(mine.accuracy, ref.accuracy)
+            met, identical = met + 1, identical + equal
+            lines.append(f"| {ref.method} | {ref.setup} | {ref.seed} | {step} | {len(ref.accuracy)} | {tasks} | "
+                         f"{'yes' if equal else 'NO'} | {100 * mine.accuracy.mean():.2f} | "
+                         f"{100 * ref.accuracy.mean():.2f} |")
+    summary = f"{identical} of {met} runs met by both studies have identical per-task test accuracies"
+    (study / f"same_as_{reference.name}.md").write_text("\n".join([*lines, "", summary + ".", ""]))
+    return f"{summary} (wrote {study / f'same_as_{reference.name}.md'})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,5 +337,5 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         run(study, args.hours, args.workers, args.extra, not args.no_commit, Path(args.outputs), chosen.experiments)
         return 0
-    return report(study)
+    return report(study, chosen.tested_at, Study.load(chosen.same_as).folder if chosen.same_as else None)
 
