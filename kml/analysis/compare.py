@@ -151,6 +151,27 @@ def compare(records: list[TestRecord], baseline: str) -> list[dict]:
     return rows
 
 
+def difference_rows(records: list[TestRecord], pairs: list[tuple[str, str]]) -> list[list[str]]:
+    """A row per (method, baseline) pair that both ran on a multi-mode setup: the overall paired difference
+    of each seed, their mean ± the t-interval over seeds, and the half-width that test-task sampling alone
+    adds to that mean (task_sampling_halfwidth of the per-task differences averaged over seeds), in points."""
+    multimodal = {r.setup for r in records if len(r.modes) > 1}
+    table = []
+    for method, baseline in pairs:
+        for row in compare(records, baseline):
+            if row["method"] != method or row["mode"] != "overall" or row["setup"] not in multimodal:
+                continue
+            by_key = {(r.method, r.seed): r for r in records if r.setup == row["setup"]}
+            seeds = [p["seed"] for p in row["per_seed"]]
+            per_task = np.mean([by_key[(method, s)].accuracy - by_key[(baseline, s)].accuracy for s in seeds], axis=0)
+            sampling = task_sampling_halfwidth(per_task, groups=by_key[(method, seeds[0])].mode)
+            per_seed = " / ".join(f"{100 * p['mean']:+.2f}" for p in row["per_seed"])
+            interval = "(one seed)" if row["ci95"] is None else f"± {100 * row['ci95']:.2f}"
+            table.append([f"{method} − {baseline}", row["setup"], per_seed,
+                          f"{100 * row['mean']:+.2f} {interval}", f"± {100 * sampling:.2f}"])
+    return table
+
+
 def check_same_tasks(ours: TestRecord, theirs: TestRecord) -> None:
     """Refuse a pair whose fingerprints say they met different test tasks (both must have them to tell)."""
     if ours.fingerprint is None or theirs.fingerprint is None:

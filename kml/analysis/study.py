@@ -66,6 +66,7 @@ class Study:
     folder: Path
     tested_at: tuple[int, ...] = ()
     same_as: str | None = None
+    differences: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def load(cls, name: str) -> Study:
@@ -75,7 +76,7 @@ class Study:
             raise ConfigError(f"no study {name!r}; choose one of: {', '.join(known)} (conf/study/)")
         node = OmegaConf.load(path)
         return cls(name, tuple(node.experiments), REPO / node.folder, tuple(node.get("tested_at") or ()),
-                   node.get("same_as"))
+                   node.get("same_as"), tuple(tuple(pair) for pair in node.get("differences") or ()))
 
 
 @dataclass(frozen=True)
@@ -244,10 +245,12 @@ def run(study: Path, hours: float, workers: int, extra: list[str], commit: bool,
     return len(finished)
 
 
-def report(study: Path, milestones: tuple[int, ...] = (), same_as: Path | None = None) -> int:
+def report(study: Path, milestones: tuple[int, ...] = (), same_as: Path | None = None,
+           differences: tuple[tuple[str, str], ...] = ()) -> int:
     """Every table and figure of RESULTS.md, from the small files alone: the runs' own tests in `study`,
-    their tests at the other iterations of `milestones` in at_<iteration>/ with schedule.png, and the check
-    against the study in `same_as` in same_as_<its folder>.md."""
+    their tests at the other iterations of `milestones` in at_<iteration>/ with schedule.png, the check
+    against the study in `same_as` in same_as_<its folder>.md, and the (method, baseline) `differences`
+    in differences.md beside each report."""
     from kml.analysis import report as tables
     from kml.analysis.runs import find_results, tested_at
 
@@ -256,11 +259,15 @@ def report(study: Path, milestones: tuple[int, ...] = (), same_as: Path | None =
     extra = ["--schedule", str(study / "schedule.png")] if milestones else []
     done = tables.main([runs, "--out", str(study), "--modes", "--published", *baselines(own), *extra,
                         "--curves", str(study / "curves.png"), "--transference", str(study / "transference.png")])
+    if differences and done == 0:
+        write_differences(study, own, differences)
     for step in sorted(set(milestones) - {tested_at(run) for run in own}):
         at = find_results([runs], step)
         if at and done == 0:
             done = tables.main([runs, "--out", str(study / f"at_{step}"), "--modes", "--at", str(step),
                                 *baselines(at)])
+            if differences and done == 0:
+                write_differences(study / f"at_{step}", at, differences)
     if same_as is not None and done == 0:
         print(write_same_as(study, same_as))
     return done
@@ -275,6 +282,20 @@ def baselines(runs: list[dict]) -> list[str]:
     present = {t.method for t in test_records(runs)}
     wanted = ("MAML", "ProtoNet", "MMAML", "MProtoNet", "MProtoNet+KML", "Multi-MAML", "Multi-ProtoNet")
     return [arg for method in wanted if method in present for arg in ("--compare", method)]
+
+
+def write_differences(folder: Path, runs: list[dict], pairs: tuple[tuple[str, str], ...]) -> None:
+    """differences.md: the study's chosen paired differences, overall, per seed and across seeds, with what
+    the sampling of the test tasks adds (RESULTS.md's tables)."""
+    from kml.analysis.compare import difference_rows, test_records
+    from kml.analysis.report import markdown
+
+    rows = difference_rows(test_records(runs), list(pairs))
+    header = ["difference", "setup", "per seed", "mean ± t-interval over seeds", "test-task sampling (bootstrap)"]
+    note = ("Overall accuracy points, paired over identical test tasks. The last column is the half-width of "
+            "the 95% bootstrap interval of the seed mean when only the test tasks are resampled (within each "
+            "mode, 2,000 draws): what another draw of test tasks would add, which the seed interval leaves out.")
+    (folder / "differences.md").write_text(markdown(header, rows) + "\n\n" + note + "\n")
 
 
 def write_same_as(study: Path, reference: Path) -> str:
@@ -337,5 +358,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         run(study, args.hours, args.workers, args.extra, not args.no_commit, Path(args.outputs), chosen.experiments)
         return 0
-    return report(study, chosen.tested_at, Study.load(chosen.same_as).folder if chosen.same_as else None)
+    return report(study, chosen.tested_at, Study.load(chosen.same_as).folder if chosen.same_as else None,
+                  chosen.differences)
 
