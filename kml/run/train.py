@@ -30,13 +30,13 @@ def run(cfg: DictConfig, run_dir: Path, logger: RunLogger) -> dict:
             raise ConfigError("eval_only=true needs checkpoint=PATH (a run's best.pt or last.pt)")
         learner, state = load_learner(cfg.checkpoint, cfg.way, device)
         return evaluate_and_report(learner, data, cfg, run_dir, logger, device, None, state["iteration"])
-    milestones = test_milestones(cfg)  # before training: a wrong list fails at once
+    milestones = milestone_iterations(cfg)  # before training: a wrong list fails at once
     learner, weights_iteration = train(cfg, run_dir, logger, device, data, milestones)
     return evaluate_and_report(learner, data, cfg, run_dir, logger, device, int(cfg.train.iterations),
                                weights_iteration)
 
 
-def test_milestones(cfg: DictConfig) -> tuple[int, ...]:
+def milestone_iterations(cfg: DictConfig) -> tuple[int, ...]:
     """eval.at as sorted iterations, each in 1..train.iterations (the last one is the run's own test)."""
     iterations, at = int(cfg.train.iterations), cfg.eval.get("at") or []
     if not all(isinstance(step, int) and 0 < step <= iterations for step in at):
