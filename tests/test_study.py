@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from kml.analysis import study
+from kml.analysis import study, study_report
 from kml.data.prepare import prepare
 from kml.run.run_lock import RunLock
 from tests.test_compare import fabricated_study, write_run
@@ -27,7 +27,7 @@ def test_the_study_is_every_row_with_three_seeds():
 
 def test_tables_and_figures_are_rebuilt_from_the_small_files_alone(tmp_path, capsys):
     fabricated_study(tmp_path / "runs" / "study_2mode_joint")
-    assert study.report(tmp_path) == 0
+    assert study_report.report(tmp_path) == 0
     for name in ("report.md", "report.csv", "compare_MAML.md", "compare_MAML.csv", "curves.png"):
         assert (tmp_path / name).is_file(), name
     assert "MMAML+KML" in (tmp_path / "compare_MAML.md").read_text()
@@ -42,7 +42,7 @@ def test_report_compares_each_row_with_the_row_one_switch_away(tmp_path):
     fabricated_study(tmp_path / "runs" / "study_2mode_joint")
     for path in (tmp_path / "runs" / "study_2mode_joint").glob("kml*/results.json"):  # MMAML+KML → MMAML
         path.write_text(path.read_text().replace('"MMAML+KML"', '"MMAML"'))
-    assert study.report(tmp_path) == 0
+    assert study_report.report(tmp_path) == 0
     table = (tmp_path / "compare_MMAML.md").read_text()
     assert table.startswith("| vs MMAML |") and "-10.00 ± 0.00 (3 seeds)" in table  # MAML − MMAML, omniglot
 
@@ -109,7 +109,7 @@ def test_every_study_run_starts_on_the_real_data(shared_data, tmp_path):
     variants = [json.loads(path.read_text()).get("variant")
                 for path in (tmp_path / "study" / "runs" / "study_2mode_transductive").rglob("results.json")]
     assert variants == ["transductive"] * 6
-    assert study.report(tmp_path / "study") == 0
+    assert study_report.report(tmp_path / "study") == 0
     assert (tmp_path / "study" / "transference_reverse.png").is_file()
 
 
@@ -144,7 +144,7 @@ def test_a_schedule_study_reports_each_milestone_and_checks_the_runs_it_must_equ
         (run / ".hydra").mkdir()
         (run / ".hydra" / "config.yaml").write_text("seed: 0\neval_only: false\ntrain:\n  iterations: 1200\n")
 
-    assert study.report(ours, (1200, 2400, 4800), reference, (("MProtoNet+KML", "ProtoNet"),)) == 0
+    assert study_report.report(ours, (1200, 2400, 4800), reference, (("MProtoNet+KML", "ProtoNet"),)) == 0
     for step, points in ((1200, "+1.00"), (2400, "+2.00")):
         assert f"| MProtoNet+KML | {points} ± 0.00 (2 seeds)" in (ours / f"at_{step}" / "compare_ProtoNet.md").read_text()
     assert "| MProtoNet+KML | +4.00 ± 0.00 (2 seeds)" in (ours / "compare_ProtoNet.md").read_text()
@@ -184,7 +184,7 @@ def test_every_schedule_study_run_starts_on_the_real_data(shared_data, tmp_path)
                          outputs=tmp_path / "outputs", experiments=schedule.experiments)
     assert finished == 12
     assert len(list((tmp_path / "study" / "runs").rglob("milestones/2/test_tasks.npz"))) == 12
-    assert study.report(tmp_path / "study", (2, 4)) == 0
+    assert study_report.report(tmp_path / "study", (2, 4)) == 0
     assert "| MProtoNet+KML |" in (tmp_path / "study" / "at_2" / "compare_ProtoNet.md").read_text()
     assert "| Multi-ProtoNet |" in (tmp_path / "study" / "at_2" / "compare_MProtoNetpKML.md").read_text()
     assert (tmp_path / "study" / "schedule.png").is_file()
