@@ -42,7 +42,8 @@ def met_tasks(synthetic_root, tmp_path, *overrides):
     learner = TaskRecorder()
     folder = tmp_path / "_".join(overrides)
     folder.mkdir()
-    evaluate_and_report(learner, benchmark_for(cfg), cfg, folder, RunLogger(folder, mode="disabled"), torch.device("cpu"))
+    evaluate_and_report(learner, benchmark_for(cfg), cfg, folder, RunLogger(folder, mode="disabled"),
+                        torch.device("cpu"), None, 0)
     return learner.tasks, folder
 
 

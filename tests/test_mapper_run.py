@@ -143,3 +143,10 @@ def test_mapper_runs_are_tagged_as_mapper_runs():
     cfg = mapper_config(TINY + ["protocol=released"])
     assert run_tags(cfg, choices=None) == ["mapper", "novel_names", "novel_names", "tiny", "tiny", "2way",
                                            "1shot", "released_protocol"]
+
+
+def test_milestones_are_refused_in_one_line(tmp_path):
+    from kml.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"eval.at=\[2\]: tests at milestones are built for pipeline=fewshot"):
+        run_mapper(tmp_path, [f"data.root={tmp_path}", "eval.at=[2]"])

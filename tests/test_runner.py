@@ -47,7 +47,8 @@ def test_per_mode_training_accuracy_averages_each_modes_tasks():
 
 
 def test_killed_run_resumes_to_the_same_result(synthetic_root, tmp_path):
-    args = tiny_overrides(synthetic_root, "maml", "kml") + ["train.iterations=30", "train.checkpoint_every=2"]
+    args = tiny_overrides(synthetic_root, "maml", "kml") + ["train.iterations=30", "train.checkpoint_every=2",
+                                                            "eval.at=[28]"]
     reference = launch(args + [f"hydra.run.dir={tmp_path / 'whole'}"])
     assert reference.returncode == 0, reference.stderr[-2000:]
 
@@ -69,6 +70,9 @@ def test_killed_run_resumes_to_the_same_result(synthetic_root, tmp_path):
     assert f"at iteration {killed_at}" in resumed.stdout + resumed.stderr
     assert json.loads((interrupted / "run.lock").read_text())["pid"] != process.pid
     assert read_results(interrupted) == read_results(tmp_path / "whole")
+    # The milestone it was killed before is tested once, on resume, as the uninterrupted run tested it.
+    assert "iteration 28" in resumed.stdout and killed_at < 28
+    assert read_results(interrupted / "milestones" / "28") == read_results(tmp_path / "whole" / "milestones" / "28")
     a = checkpoint.load(tmp_path / "whole" / "last.pt")["model"]
     b = checkpoint.load(interrupted / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -81,7 +85,10 @@ def test_eval_only_from_checkpoint_reproduces_the_test_result(synthetic_root, tm
     done = launch(tiny_overrides(synthetic_root, "maml", "kml") + [
         "eval_only=true", f"checkpoint={train_dir / 'best.pt'}", f"hydra.run.dir={eval_dir}"])
     assert done.returncode == 0, done.stderr[-2000:]
-    assert read_results(eval_dir) == read_results(train_dir)
+    evaluated, trained = read_results(eval_dir), read_results(train_dir)
+    # The same test of the same weights; how long they had trained a checkpoint alone cannot say.
+    assert evaluated.pop("iteration") is None and trained.pop("iteration") == 20
+    assert evaluated == trained and evaluated["weights_iteration"] == checkpoint.load(train_dir / "best.pt")["iteration"]
     assert not (eval_dir / "last.pt").exists()
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
-from kml.analysis import study
+from kml.analysis import study, study_report
 from kml.data.prepare import prepare
 from kml.run.run_lock import RunLock
-from tests.test_compare import fabricated_study
+from tests.test_compare import fabricated_study, write_run
 
 
 def test_the_study_is_every_row_with_three_seeds():
@@ -26,7 +27,7 @@ def test_the_study_is_every_row_with_three_seeds():
 
 def test_tables_and_figures_are_rebuilt_from_the_small_files_alone(tmp_path, capsys):
     fabricated_study(tmp_path / "runs" / "study_2mode_joint")
-    assert study.report(tmp_path) == 0
+    assert study_report.report(tmp_path) == 0
     for name in ("report.md", "report.csv", "compare_MAML.md", "compare_MAML.csv", "curves.png"):
         assert (tmp_path / name).is_file(), name
     assert "MMAML+KML" in (tmp_path / "compare_MAML.md").read_text()
@@ -41,7 +42,7 @@ def test_report_compares_each_row_with_the_row_one_switch_away(tmp_path):
     fabricated_study(tmp_path / "runs" / "study_2mode_joint")
     for path in (tmp_path / "runs" / "study_2mode_joint").glob("kml*/results.json"):  # MMAML+KML → MMAML
         path.write_text(path.read_text().replace('"MMAML+KML"', '"MMAML"'))
-    assert study.report(tmp_path) == 0
+    assert study_report.report(tmp_path) == 0
     table = (tmp_path / "compare_MMAML.md").read_text()
     assert table.startswith("| vs MMAML |") and "-10.00 ± 0.00 (3 seeds)" in table  # MAML − MMAML, omniglot
 
@@ -108,5 +109,82 @@ def test_every_study_run_starts_on_the_real_data(shared_data, tmp_path):
     variants = [json.loads(path.read_text()).get("variant")
                 for path in (tmp_path / "study" / "runs" / "study_2mode_transductive").rglob("results.json")]
     assert variants == ["transductive"] * 6
-    assert study.report(tmp_path / "study") == 0
+    assert study_report.report(tmp_path / "study") == 0
     assert (tmp_path / "study" / "transference_reverse.png").is_file()
+
+
+def schedule_run(folder, method, seed, tests, reference=None):
+    """A fabricated 2-mode run trained to the last iteration of `tests` (iteration -> 10 task accuracies),
+    tested along the way at the others (milestones/<iteration>/)."""
+    last = max(tests)
+    for step, accuracy in sorted(tests.items(), reverse=True):  # the run folder first, then its milestones
+        target = folder if step == last else folder / "milestones" / str(step)
+        write_run(target, method, "2mode", ["omniglot", "miniimagenet"], [accuracy[:6], accuracy[6:]], seed)
+        results = json.loads((target / "results.json").read_text())
+        results.update(iteration=step, milestone=step != last)
+        (target / "results.json").write_text(json.dumps(results))
+
+
+def test_a_schedule_study_reports_each_milestone_and_checks_the_runs_it_must_equal(tmp_path):
+    g = np.random.default_rng(1)
+    reference, ours = tmp_path / "reference", tmp_path / "schedule"
+    for seed in (0, 1):
+        proto = {step: g.uniform(0.2, 0.8, 10) for step in (1200, 2400, 4800)}
+        kml = {step: acc + 0.01 * step / 1200 for step, acc in proto.items()}  # KML − none: +1, +2, +4 points
+        schedule_run(ours / "runs" / f"proto{seed}", "ProtoNet", seed, proto)
+        schedule_run(ours / "runs" / f"kml{seed}", "MProtoNet+KML", seed, kml)
+        # The reference's runs ended at 1,200; seed 1's KML run met one task otherwise.
+        write_run(reference / "runs" / f"proto{seed}", "ProtoNet", "2mode", ["omniglot", "miniimagenet"],
+                  [proto[1200][:6], proto[1200][6:]], seed)
+        ref_kml = kml[1200].copy()
+        ref_kml[3] += 0.2 * seed
+        write_run(reference / "runs" / f"kml{seed}", "MProtoNet+KML", "2mode", ["omniglot", "miniimagenet"],
+                  [ref_kml[:6], ref_kml[6:]], seed)
+    for run in (reference / "runs").iterdir():  # written before results.json kept the iteration
+        (run / ".hydra").mkdir()
+        (run / ".hydra" / "config.yaml").write_text("seed: 0\neval_only: false\ntrain:\n  iterations: 1200\n")
+
+    assert study_report.report(ours, (1200, 2400, 4800), reference, (("MProtoNet+KML", "ProtoNet"),)) == 0
+    for step, points in ((1200, "+1.00"), (2400, "+2.00")):
+        assert f"| MProtoNet+KML | {points} ± 0.00 (2 seeds)" in (ours / f"at_{step}" / "compare_ProtoNet.md").read_text()
+    assert "| MProtoNet+KML | +4.00 ± 0.00 (2 seeds)" in (ours / "compare_ProtoNet.md").read_text()
+    assert not (ours / "at_4800").exists()  # the runs' own tests: the report at the top
+    assert "| MProtoNet+KML − ProtoNet | 2mode 5w1s | +2.00 / +2.00 | +2.00 ± 0.00 | ± 0.00 |" in \
+        (ours / "at_2400" / "differences.md").read_text()
+    assert (ours / "schedule.png").read_bytes()[:4] == b"\x89PNG"
+    same = (ours / "same_as_reference.md").read_text()
+    assert "3 of 4 runs met by both studies have identical per-task test accuracies" in same
+    assert "| MProtoNet+KML | 2mode 5w1s | 1 | 1200 | 10 | unverified (no fingerprints) | NO |" in same
+
+
+def test_a_finished_runs_milestones_are_among_its_small_files(tmp_path):
+    run_dir = tmp_path / "run"
+    for name in ("results.json", "milestones/1200/results.json", "milestones/1200/test_tasks.npz",
+                 "transference/reverse/lr_step4.npz", ".hydra/config.yaml", "last.pt", "milestones/1200/other"):
+        (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / name).write_text(name)
+    study.keep_small_files(run_dir, tmp_path / "kept", 60, False)
+    kept = sorted(str(p.relative_to(tmp_path / "kept")) for p in (tmp_path / "kept").rglob("*") if p.is_file())
+    assert kept == [".hydra/config.yaml", "milestones/1200/results.json", "milestones/1200/test_tasks.npz",
+                    "results.json", "timing.json", "transference/reverse/lr_step4.npz"]
+
+
+@pytest.mark.slow
+def test_every_schedule_study_run_starts_on_the_real_data(shared_data, tmp_path):
+    """The guard of the schedule study: its 12 runs for a handful of iterations on the real data, tested
+    along the way, then its report at each milestone and its figure."""
+    root = tmp_path / "data"
+    prepare("omniglot", shared_data / "omniglot" / "omniglot_png_full.tar.gz", root, 32)
+    prepare("miniimagenet", shared_data / "miniimagenet" / "miniimagenet_ravi_84px.tar.gz", root, 32)
+    short = ["train.iterations=4", "train.val_every=2", "eval.at=[2,4]", "train.val_tasks_per_mode=4",
+             "eval.tasks_per_mode=10", f"data.root={root}"]
+    schedule = study.Study.load("schedule")
+    assert len(study.jobs(schedule.experiments)) == 12
+    finished = study.run(tmp_path / "study", hours=2, workers=2, extra=short, commit=False,
+                         outputs=tmp_path / "outputs", experiments=schedule.experiments)
+    assert finished == 12
+    assert len(list((tmp_path / "study" / "runs").rglob("milestones/2/test_tasks.npz"))) == 12
+    assert study_report.report(tmp_path / "study", (2, 4)) == 0
+    assert "| MProtoNet+KML |" in (tmp_path / "study" / "at_2" / "compare_ProtoNet.md").read_text()
+    assert "| Multi-ProtoNet |" in (tmp_path / "study" / "at_2" / "compare_MProtoNetpKML.md").read_text()
+    assert (tmp_path / "study" / "schedule.png").is_file()

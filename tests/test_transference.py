@@ -183,7 +183,7 @@ class RecordingLogger(RunLogger):
 
 def train_tiny(cfg, run_dir: Path):
     logger = RecordingLogger(run_dir)
-    learner = train(cfg, run_dir, logger, pick_device("cpu"), benchmark_for(cfg))
+    learner, _ = train(cfg, run_dir, logger, pick_device("cpu"), benchmark_for(cfg))
     logger.finish()
     return learner, logger
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kml.analysis.runs import label, run_seed, setup_name
+from kml.analysis.runs import find_results, iterations_tested, label, run_seed, setup_name
 
 # t_{0.975, df} for df = 1 … 30: the two-sided 95% quantiles of Student's t (standard tables).
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -151,6 +151,27 @@ def compare(records: list[TestRecord], baseline: str) -> list[dict]:
     return rows
 
 
+def difference_rows(records: list[TestRecord], pairs: list[tuple[str, str]]) -> list[list[str]]:
+    """A row per (method, baseline) pair that both ran on a multi-mode setup: the overall paired difference
+    of each seed, their mean ± the t-interval over seeds, and the half-width that test-task sampling alone
+    adds to that mean (task_sampling_halfwidth of the per-task differences averaged over seeds), in points."""
+    multimodal = {r.setup for r in records if len(r.modes) > 1}
+    table = []
+    for method, baseline in pairs:
+        for row in compare(records, baseline):
+            if row["method"] != method or row["mode"] != "overall" or row["setup"] not in multimodal:
+                continue
+            by_key = {(r.method, r.seed): r for r in records if r.setup == row["setup"]}
+            seeds = [p["seed"] for p in row["per_seed"]]
+            per_task = np.mean([by_key[(method, s)].accuracy - by_key[(baseline, s)].accuracy for s in seeds], axis=0)
+            sampling = task_sampling_halfwidth(per_task, groups=by_key[(method, seeds[0])].mode)
+            per_seed = " / ".join(f"{100 * p['mean']:+.2f}" for p in row["per_seed"])
+            interval = "(one seed)" if row["ci95"] is None else f"± {100 * row['ci95']:.2f}"
+            table.append([f"{method} − {baseline}", row["setup"], per_seed,
+                          f"{100 * row['mean']:+.2f} {interval}", f"± {100 * sampling:.2f}"])
+    return table
+
+
 def check_same_tasks(ours: TestRecord, theirs: TestRecord) -> None:
     """Refuse a pair whose fingerprints say they met different test tasks (both must have them to tell)."""
     if ours.fingerprint is None or theirs.fingerprint is None:
@@ -187,3 +208,18 @@ def validation_curves(runs: list[dict]) -> dict[str, dict[str, dict[int, list[fl
         for step, value in seen.items():
             curves.setdefault(setup_name(run), {}).setdefault(label(run), {}).setdefault(step, []).append(value)
     return curves
+
+
+def accuracy_at_iterations(folders: list[str]) -> dict[str, dict[str, dict[int, list[float]]]]:
+    """setup -> method -> iteration -> the overall test accuracies of its runs (one per seed) at every
+    iteration some run was tested at, Multi- rows included; multi-mode setups only when there are any (a
+    specialist's single-mode accuracy is on another scale)."""
+    curves: dict[str, dict[str, dict[int, list[float]]]] = {}
+    multimodal = set()
+    for step in iterations_tested(folders):
+        for record in test_records(find_results(folders, step)):
+            by_step = curves.setdefault(record.setup, {}).setdefault(record.method, {})
+            by_step.setdefault(step, []).append(float(record.accuracy.mean()))
+            if len(record.modes) > 1:
+                multimodal.add(record.setup)
+    return {setup: methods for setup, methods in curves.items() if setup in multimodal} if multimodal else curves

@@ -105,7 +105,8 @@ def transference_grid(grid: dict[str, dict[int, np.ndarray]], path: Path, title:
     return _save(figure, path)
 
 
-def learning_curves(curves: dict[str, dict[str, dict[int, list[float]]]], path: Path, title: str) -> Path:
+def learning_curves(curves: dict[str, dict[str, dict[int, list[float]]]], path: Path, title: str,
+                    ylabel: str = "validation accuracy (%)") -> Path:
     """A panel per setup (each on its own scale), a line per method: the mean over its runs (training seeds)
     at each iteration, with the range of the runs shaded; accuracies in %."""
     figure = Figure(figsize=(7.5 + 4.5 * (len(curves) - 1), 4.6), layout="constrained")
@@ -122,7 +123,7 @@ def learning_curves(curves: dict[str, dict[str, dict[int, list[float]]]], path: 
                 ax.fill_between(steps, [v.min() for v in values], [v.max() for v in values],
                                 color=line.get_color(), alpha=0.15, linewidth=0)
         ax.set_xlabel("iteration")
-        ax.set_ylabel("validation accuracy (%)")
+        ax.set_ylabel(ylabel)
         ax.set_title(setup, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

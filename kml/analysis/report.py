@@ -1,5 +1,6 @@
-"""`python -m kml.report DIR... [--out DIR] [--published] [--modes] [--compare METHOD ...] [--curves PNG]
-[--transference PNG]`: the paper-style table of a sweep, paired comparisons and figures.
+"""`python -m kml.report DIR... [--out DIR] [--published] [--modes] [--compare METHOD ...] [--at ITERATION]
+[--curves PNG] [--schedule PNG] [--transference PNG]`: the paper-style table of a sweep, paired comparisons
+and figures.
 
 Reads every results.json under the given folders. Rows are methods, columns are setups
 (benchmark, way, shot), or with --modes each mode of a setup and its overall; a cell is test accuracy
@@ -8,6 +9,9 @@ Single-mode runs are also combined into Multi-<method> rows (one specialist per 
 Multi-MAML / Multi-ProtoNet) for every multi-mode setup whose modes all have a specialist.
 --compare METHOD adds each method's difference from METHOD, paired over identical test tasks
 (kml.analysis.compare); --curves draws validation accuracy against iteration, mean and range over seeds.
+--at ITERATION reads, instead of each run's own test, every test taken at that iteration: the milestones
+of runs tested along the way (eval.at) and the own tests of runs that ended there, paired alike;
+--schedule draws test accuracy against the iterations the runs were tested at.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import numpy as np
 
 from kml.analysis import compare, plots
 from kml.analysis.published import METHODS, PUBLISHED, SOURCE
-from kml.analysis.runs import benchmark_name, find_results, label, run_seed, setup_name
+from kml.analysis.runs import benchmark_name, find_results, iterations_tested, label, run_seed, setup_name
 
 __all__ = ["build_table", "find_results", "main", "multi_rows", "pooled"]
 
@@ -238,17 +242,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", action="append", default=[], metavar="METHOD",
                         help="differences from this method, paired over identical test tasks (repeatable; "
                              "a row's name, e.g. MAML, 'ProtoNet [released]')")
+    parser.add_argument("--at", type=int, metavar="ITERATION",
+                        help="the tests taken at this iteration (milestones included) instead of the runs' own")
     parser.add_argument("--curves", metavar="PNG", help="draw validation accuracy against iteration per method")
+    parser.add_argument("--schedule", metavar="PNG", help="draw test accuracy against the iterations tested at")
     parser.add_argument("--transference", metavar="PNG",
                         help="also draw the runs' transference histograms (a row per method, a column per step)")
     args = parser.parse_args(argv)
     try:
-        runs = find_results(args.folders)
+        runs = find_results(args.folders, args.at)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if not runs:
-        print(f"error: no results.json under {' '.join(args.folders)}; did the runs finish?", file=sys.stderr)
+        tested = iterations_tested(args.folders)
+        at = f" tested at iteration {args.at} (tested at: {', '.join(map(str, tested)) or 'none'})" if args.at else ""
+        print(f"error: no results.json{at} under {' '.join(args.folders)}; did the runs finish?", file=sys.stderr)
         return 2
     header, rows, records = build_table(runs, args.published, args.modes)
     out = Path(args.out or args.folders[0])
@@ -273,8 +282,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"methods with test tasks: {known}", file=sys.stderr)
             return 2
         write_comparisons(differences, out, args.modes)
+    if args.schedule:
+        curves = compare.accuracy_at_iterations(args.folders)
+        print(f"wrote {plots.learning_curves(curves, Path(args.schedule), 'test accuracy at the iterations tested', 'test accuracy (%)')}")
+    own = find_results(args.folders) if args.at else runs  # training curves are whole runs'
     if args.curves:
-        curves = compare.validation_curves(runs)
+        curves = compare.validation_curves(own)
         if curves:
             ordered = {setup: {m: methods[m] for m in sorted(methods, key=method_order)}
                        for setup, methods in sorted(curves.items(), key=lambda item: -len(item[1]))}  # widest first
@@ -283,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             print("no validation accuracy in the runs' metrics.jsonl", file=sys.stderr)
     if args.transference:
         figure = Path(args.transference)
-        grids = transference_grids(runs)
+        grids = transference_grids(own)
         if not grids:
             print("no transference measurements (transference/lr_step*.npz) under these runs", file=sys.stderr)
         for folder, directions, grid in grids:

@@ -1,5 +1,10 @@
 """Finished runs as the reports read them: results.json (and beside it test_tasks.npz, metrics.jsonl,
-transference/) under any folders, and the names a run is filed under."""
+transference/) under any folders, and the names a run is filed under.
+
+A run tested at milestones (eval.at) keeps each test in milestones/<iteration>/ with its own results.json
+and test_tasks.npz; its own results.json is its test at its last iteration. A report reads the runs' own
+tests, or with `at` every test taken at that iteration, milestone or not: a 4,800-iteration run's test at
+1,200 pairs with a 1,200-iteration run's test."""
 
 from __future__ import annotations
 
@@ -10,16 +15,40 @@ from pathlib import Path
 CUSTOM_BENCHMARK = "custom"
 
 
-def find_results(folders: list[str]) -> list[dict]:
-    """Every results.json under `folders`, each with its folder as "path"."""
-    runs = []
+def find_results(folders: list[str], at: int | None = None) -> list[dict]:
+    """Every run's own test under `folders` (at=None), or every test taken at iteration `at`; each with
+    the folder of its results.json as "path"."""
+    return [run for run in every_test(folders) if (not run.get("milestone") if at is None else tested_at(run) == at)]
+
+
+def every_test(folders: list[str]) -> list[dict]:
+    """Every results.json under `folders`, the milestones' included."""
+    tests = []
     for folder in folders:
         path = Path(folder)
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist; pass run or sweep folders (e.g. outputs/NAME)")
-        for file in sorted(path.rglob("results.json")):
-            runs.append({**json.loads(file.read_text()), "path": str(file.parent)})
-    return runs
+        tests += [{**json.loads(file.read_text()), "path": str(file.parent)} for file in sorted(path.rglob("results.json"))]
+    return tests
+
+
+def iterations_tested(folders: list[str]) -> list[int]:
+    """Every iteration at which some run under `folders` was tested (its milestones and its last)."""
+    return sorted({step for step in map(tested_at, every_test(folders)) if step is not None})
+
+
+def tested_at(run: dict) -> int | None:
+    """How many iterations the tested model had trained: results.json's, else (runs written before it was
+    recorded) the run's train.iterations; None for an eval_only test of a checkpoint."""
+    if "iteration" in run:
+        return run["iteration"]
+    config = Path(run["path"]) / ".hydra" / "config.yaml"
+    if not config.is_file():
+        return None
+    import yaml
+
+    saved = yaml.safe_load(config.read_text())
+    return None if saved.get("eval_only") else int(saved["train"]["iterations"])
 
 
 def benchmark_name(run: dict) -> str:

@@ -6,13 +6,18 @@ git so that they continue on any machine where they stopped.
                                            one that would not finish within the hours; each finished run's
                                            small files go to <folder>/runs/ and are committed (--no-commit)
     python -m kml.study report             rebuild every table and figure under <folder>/ from those files
-    ... --study 2mode_5shot                another study (default 2mode_1shot)
+                                           (kml/analysis/study_report.py)
+    ... --study 2mode_5shot                another study (default 2mode_1shot; schedule)
 
 A study is data: conf/study/<name>.yaml names its sweeps (conf/experiment/) and its folder (docs/study for
-the 1-shot study). The runs are the jobs of those sweeps, each started as
+the 1-shot study); a study whose runs are tested along the way (eval.at) lists those iterations
+(`tested_at`: the report adds at_<iteration>/ and schedule.png) and may name a study whose runs its own must
+equal where they meet (`same_as`: same_as_<study>.md), and lists the paired differences its report tables
+(`differences`: differences.md). The runs are the jobs of those sweeps, each started as
 `launch.py experiment=E <its overrides>` in outputs/study/E/<overrides> (so a stopped run resumes there from
 last.pt on the same machine). The small files of a finished run are results.json, test_tasks.npz,
-metrics.jsonl, .hydra/{overrides,config}.yaml, transference/**/*.npz and timing.json (its wall time).
+metrics.jsonl, .hydra/{overrides,config}.yaml, transference/**/*.npz, milestones/*/{results.json,test_tasks.npz}
+and timing.json (its wall time).
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ from kml.run import run_lock
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_STUDY = "2mode_1shot"
-SMALL_FILES = ("results.json", "test_tasks.npz", "metrics.jsonl", ".hydra/overrides.yaml", ".hydra/config.yaml")
+SMALL_FILES = ("results.json", "test_tasks.npz", "metrics.jsonl", ".hydra/overrides.yaml", ".hydra/config.yaml",
+               "transference/**/*.npz", "milestones/*/results.json", "milestones/*/test_tasks.npz")
 # Seconds per training iteration with one thread at 32 px, meta-batch 10, on this project's 2-core VM, for a
 # first estimate until runs of the kind have finished. 1-shot: python -m kml.bench train --image-size 32.
 # 5-shot: 40-iteration runs of each study row with the other core busy (2026-12-06, issue 27), plus their
@@ -60,6 +66,9 @@ class Study:
     name: str
     experiments: tuple[str, ...]
     folder: Path
+    tested_at: tuple[int, ...] = ()
+    same_as: str | None = None
+    differences: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def load(cls, name: str) -> Study:
@@ -68,7 +77,8 @@ class Study:
             known = sorted(p.stem for p in path.parent.glob("*.yaml"))
             raise ConfigError(f"no study {name!r}; choose one of: {', '.join(known)} (conf/study/)")
         node = OmegaConf.load(path)
-        return cls(name, tuple(node.experiments), REPO / node.folder)
+        return cls(name, tuple(node.experiments), REPO / node.folder, tuple(node.get("tested_at") or ()),
+                   node.get("same_as"), tuple(tuple(pair) for pair in node.get("differences") or ()))
 
 
 @dataclass(frozen=True)
@@ -122,7 +132,8 @@ def estimate(job: Job, study: Path, done: list[Job]) -> float:
     if cfg.learner.get("query_task_embedding") and modulation != "none":
         per_iteration *= QUERY_EMBEDDING_FACTOR
     measurements = len(cfg.transference.iterations) if "transference" in (cfg.get("hooks") or {}) else 0
-    return 1.15 * per_iteration * int(cfg.train.iterations) + 150 + 200 * measurements
+    milestones = len([step for step in cfg.eval.at if step < int(cfg.train.iterations)])
+    return 1.15 * per_iteration * int(cfg.train.iterations) + 150 + 200 * measurements + 60 * milestones
 
 
 def write_plan(study: Path, all_jobs: list[Job]) -> str:
@@ -154,14 +165,11 @@ def write_plan(study: Path, all_jobs: list[Job]) -> str:
 
 def keep_small_files(run_dir: Path, target: Path, seconds: float, resumed: bool) -> None:
     target.mkdir(parents=True, exist_ok=True)
-    for name in SMALL_FILES:
-        if (run_dir / name).is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(run_dir / name, target / name)
-    for npz in (run_dir / "transference").rglob("*.npz"):
-        destination = target / npz.relative_to(run_dir)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(npz, destination)
+    for pattern in SMALL_FILES:
+        for file in run_dir.glob(pattern):
+            destination = target / file.relative_to(run_dir)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(file, destination)
     (target / "timing.json").write_text(json.dumps({"seconds": round(seconds, 1), "resumed": resumed}))
 
 
@@ -239,23 +247,6 @@ def run(study: Path, hours: float, workers: int, extra: list[str], commit: bool,
     return len(finished)
 
 
-def report(study: Path) -> int:
-    """Every table and figure of RESULTS.md, from the small files alone."""
-    from kml.analysis import report as tables
-    from kml.analysis.compare import test_records
-    from kml.analysis.runs import find_results
-
-    runs = str(study / "runs")
-    # Against the plain learners (the paper's question), the rows one switch away: FiLM (is KML better?)
-    # and MProtoNet+KML (how much does transduction add to it?), and the specialists (is one model for
-    # all modes better than one per mode?); those the finished runs have.
-    present = {t.method for t in test_records(find_results([runs]))} if Path(runs).is_dir() else set()
-    wanted = ("MAML", "ProtoNet", "MMAML", "MProtoNet", "MProtoNet+KML", "Multi-MAML", "Multi-ProtoNet")
-    baselines = [arg for method in wanted if method in present for arg in ("--compare", method)]
-    return tables.main([runs, "--out", str(study), "--modes", "--published", *baselines,
-                        "--curves", str(study / "curves.png"), "--transference", str(study / "transference.png")])
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kml.study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -280,5 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         run(study, args.hours, args.workers, args.extra, not args.no_commit, Path(args.outputs), chosen.experiments)
         return 0
-    return report(study)
+    from kml.analysis.study_report import report  # matplotlib: only for the report
+
+    return report(study, chosen.tested_at, Study.load(chosen.same_as).folder if chosen.same_as else None,
+                  chosen.differences)
 

@@ -88,24 +88,36 @@ def write_test_tasks(path: Path, per_mode: dict[str, torch.Tensor], seed: int,
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def evaluate_and_report(learner, data: Benchmark, cfg: DictConfig, run_dir: Path, logger: RunLogger,
-                        device: torch.device) -> dict:
-    """The test phase of a run: eval.tasks_per_mode tasks per mode from eval.seed, results.json and
-    test_tasks.npz in the run folder, the table printed and logged."""
+def evaluate_and_report(learner, data: Benchmark, cfg: DictConfig, folder: Path, logger: RunLogger,
+                        device: torch.device, iteration: int | None, weights_iteration: int,
+                        milestone: bool = False) -> dict:
+    """A test of the learner: eval.tasks_per_mode tasks per mode from eval.seed, results.json and
+    test_tasks.npz in `folder`, the table printed and logged. `iteration`: how far training had gone (None for
+    eval_only); `weights_iteration`: the iteration the tested weights are from (best.pt's, or `iteration`).
+    The run's own test (its folder) logs a W&B table and summary; a milestone's (milestones/<iteration>/) logs
+    test/ accuracies at its iteration, so a run's test accuracy plots against iterations."""
     seed = int(cfg.eval.seed)
     per_mode, fingerprints = evaluate_tasks(learner, data, "test", cfg, cfg.eval.tasks_per_mode, seed + TEST_SEED_OFFSET,
                                device, desc="test")
     results = {**summarise(per_mode, int(cfg.eval.std_ddof)), "method": learner.method_name,
                "benchmark": cfg.benchmark.name, "shot": int(cfg.shot), "way": int(cfg.way),
                "protocol": cfg.get("protocol", "paper"), "variant": cfg.get("variant"), "seed": int(cfg.seed),
-               "eval_seed": seed}
-    write_test_tasks(run_dir / "test_tasks.npz", per_mode, seed, fingerprints)
-    write_results(run_dir / "results.json", results)
-    print(f"\n{results['method']} on {results['benchmark']}, {cfg.way}-way {cfg.shot}-shot (test split)")
+               "eval_seed": seed, "iteration": iteration, "weights_iteration": weights_iteration,
+               "milestone": milestone}
+    folder.mkdir(parents=True, exist_ok=True)
+    write_test_tasks(folder / "test_tasks.npz", per_mode, seed, fingerprints)
+    write_results(folder / "results.json", results)  # last: a milestone with results.json is complete
+    at = f"iteration {iteration}" if iteration is not None else "checkpoint"
+    weights = "" if weights_iteration == iteration else f", weights of iteration {weights_iteration}"
+    print(f"\n{results['method']} on {results['benchmark']}, {cfg.way}-way {cfg.shot}-shot (test split, {at}{weights})")
     print(results_table(results))
+    accuracies = {"test/accuracy": results["overall"]["mean"],
+                  **{f"test/{m}/accuracy": s["mean"] for m, s in results["per_mode"].items()}}
+    if milestone:
+        logger.log(accuracies, iteration)
+        return results
     rows = [[m, s["mean"], s["ci95"], s["n"]] for m, s in results["per_mode"].items()]
     logger.log_table("test/results", ["mode", "accuracy", "ci95", "tasks"],
                      rows + [["overall", *[results["overall"][k] for k in ("mean", "ci95", "n")]]])
-    logger.summary({"test/accuracy": results["overall"]["mean"],
-                    **{f"test/{m}/accuracy": s["mean"] for m, s in results["per_mode"].items()}})
+    logger.summary(accuracies)
     return results

@@ -1,8 +1,11 @@
 """The meta-training loop every task of launch.py shares: progress bar, logging, periodic validation with
-a best checkpoint, an atomic last checkpoint for exact resume, and a stop on a non-finite loss."""
+a best checkpoint, tests at milestones, an atomic last checkpoint for exact resume, and a stop on a
+non-finite loss."""
 from __future__ import annotations
 
+import copy
 import math
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -27,6 +30,10 @@ class MetaTraining:
     validate() -> floats logged under val/; `score` names the one that picks best.pt.
     resumable: further objects with state_dict()/load_state_dict() that last.pt must hold (the sampler).
     after_step(step): called after each optimizer step (the transference analysis).
+    test(step, folder, weights_iteration): at each iteration of `test_at` before the last, a test of the
+        weights the run would be tested with had it stopped there (`tested_weights`; they are from
+        `weights_iteration`), written into `folder` (run_dir/milestones/<step>/); the run's own test after the
+        loop is its test at the last iteration.
     """
 
     model: torch.nn.Module  # what the checkpoints hold
@@ -39,13 +46,31 @@ class MetaTraining:
     resumable: dict = field(default_factory=dict)
     after_step: Callable[[int], None] | None = None
     progress: tuple[str, ...] = ("loss",)  # metrics shown on the progress bar
+    test_at: tuple[int, ...] = ()
+    test: Callable[[int, Path, int], None] | None = None
 
 
-def meta_train(job: MetaTraining, cfg: DictConfig, run_dir: Path, logger: RunLogger) -> None:
+def milestone_folder(run_dir: Path, step: int) -> Path:
+    return run_dir / "milestones" / str(step)
+
+
+def tested_weights(cfg: DictConfig, best_path: Path) -> str:
+    """Which weights a test at this point takes: `best` (eval.checkpoint=best and a validation has saved
+    best.pt: the best validation so far) or `current` (eval.checkpoint=last, or no validation yet)."""
+    return "best" if cfg.eval.checkpoint == "best" and best_path.exists() else "current"
+
+
+def meta_train(job: MetaTraining, cfg: DictConfig, run_dir: Path, logger: RunLogger) -> int:
     """Train to cfg.train.iterations, resuming from run_dir/last.pt when present; ends holding best.pt's
-    weights when validation ran and eval.checkpoint is `best`, the final weights when it is `last`.
+    weights when validation ran and eval.checkpoint is `best`, the final weights when it is `last`, and
+    returns the iteration those weights are from.
     Training metrics are logged as means over the steps since the last log. With train.lr_halving_every
-    = N the learning rate is halved before the step of every N-th iteration (as the released code)."""
+    = N the learning rate is halved before the step of every N-th iteration (as the released code).
+
+    A test at a milestone comes after that iteration's validation and before its last.pt, so a resumed run
+    starts past the milestones it has tested and retrains to the one it was killed in; a milestone whose
+    results.json exists (killed between the test and last.pt) is not tested again. A run that starts over
+    drops the milestones of the run it replaces."""
     last, best_path = run_dir / "last.pt", run_dir / "best.pt"
     config = OmegaConf.to_container(cfg, resolve=True)
     start, best = 0, None  # best: the best validation score so far, as validate() returned it
@@ -62,12 +87,30 @@ def meta_train(job: MetaTraining, cfg: DictConfig, run_dir: Path, logger: RunLog
         torch.set_rng_state(state["torch_rng"])
         start, best = state["iteration"], state["best_val"]
         print(f"resuming from {last} at iteration {start}")
+    elif (run_dir / "milestones").exists():
+        shutil.rmtree(run_dir / "milestones")  # tested by the run this one starts over from
 
     def save_last(iteration: int) -> None:
         checkpoint.save({"model": job.model.state_dict(), "optimizer": job.optimizer.state_dict(),
                          **{name: obj.state_dict() for name, obj in job.resumable.items()},
                          "torch_rng": torch.get_rng_state(), "iteration": iteration, "best_val": best,
                          "config": config}, last)
+
+    def test_milestone(step: int) -> None:
+        folder = milestone_folder(run_dir, step)
+        if (folder / "results.json").exists():
+            print(f"iteration {step}: tested before the run was stopped ({folder})")
+            return
+        if tested_weights(cfg, best_path) == "current":
+            job.test(step, folder, step)
+            return
+        training_state = copy.deepcopy(job.model.state_dict())
+        saved = checkpoint.load(best_path)
+        job.model.load_state_dict(saved["model"])
+        try:
+            job.test(step, folder, saved["iteration"])
+        finally:
+            job.model.load_state_dict(training_state)
 
     iterations, saved_at = int(cfg.train.iterations), time.monotonic()
     halving_every = cfg.train.lr_halving_every
@@ -101,10 +144,16 @@ def meta_train(job: MetaTraining, cfg: DictConfig, run_dir: Path, logger: RunLog
                 best = val[job.score]
                 checkpoint.save({"model": job.model.state_dict(), "iteration": step, "best_val": best,
                                  "config": config}, best_path)
-        if validate or step % cfg.train.checkpoint_every == 0 or \
+        milestone = step in job.test_at and step < iterations
+        if milestone:
+            test_milestone(step)
+        if validate or milestone or step % cfg.train.checkpoint_every == 0 or \
                 time.monotonic() - saved_at > 60 * cfg.train.checkpoint_minutes:
             save_last(step)
             saved_at = time.monotonic()
     bar.close()
-    if best_path.exists() and cfg.eval.checkpoint == "best":
-        job.model.load_state_dict(checkpoint.load(best_path)["model"])
+    if tested_weights(cfg, best_path) == "current":
+        return iterations
+    saved = checkpoint.load(best_path)
+    job.model.load_state_dict(saved["model"])
+    return saved["iteration"]

@@ -91,6 +91,9 @@ def evaluate(learner: MapperMAML, sampler, count: int, cfg: DictConfig, desc: st
 
 
 def run(cfg: DictConfig, run_dir: Path, logger: RunLogger) -> dict:
+    if cfg.eval.get("at"):
+        raise ConfigError(f"eval.at={list(cfg.eval.at)}: tests at milestones are built for pipeline=fewshot; "
+                          "drop eval.at for the meta-mapper")
     device = pick_device(cfg.device)
     threads = thread_count(cfg)
     if threads:

@@ -1,5 +1,5 @@
-"""Few-shot meta-training (`run=fewshot`): periodic validation, best/last checkpoints, exact resume, the
-configured hooks after every step, then the test evaluation."""
+"""Few-shot meta-training (`pipeline=fewshot`): periodic validation, best/last checkpoints, exact resume, the
+configured hooks after every step, tests at the milestones of eval.at, then the test evaluation."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,13 +28,26 @@ def run(cfg: DictConfig, run_dir: Path, logger: RunLogger) -> dict:
     if cfg.eval_only:
         if not cfg.checkpoint:
             raise ConfigError("eval_only=true needs checkpoint=PATH (a run's best.pt or last.pt)")
-        learner, _ = load_learner(cfg.checkpoint, cfg.way, device)
-    else:
-        learner = train(cfg, run_dir, logger, device, data)
-    return evaluate_and_report(learner, data, cfg, run_dir, logger, device)
+        learner, state = load_learner(cfg.checkpoint, cfg.way, device)
+        return evaluate_and_report(learner, data, cfg, run_dir, logger, device, None, state["iteration"])
+    milestones = milestone_iterations(cfg)  # before training: a wrong list fails at once
+    learner, weights_iteration = train(cfg, run_dir, logger, device, data, milestones)
+    return evaluate_and_report(learner, data, cfg, run_dir, logger, device, int(cfg.train.iterations),
+                               weights_iteration)
 
 
-def train(cfg: DictConfig, run_dir: Path, logger: RunLogger, device: torch.device, data: Benchmark):
+def milestone_iterations(cfg: DictConfig) -> tuple[int, ...]:
+    """eval.at as sorted iterations, each in 1..train.iterations (the last one is the run's own test)."""
+    iterations, at = int(cfg.train.iterations), cfg.eval.get("at") or []
+    if not all(isinstance(step, int) and 0 < step <= iterations for step in at):
+        raise ConfigError(f"eval.at={list(at)}: give iterations from 1 to train.iterations={iterations}, "
+                          "e.g. eval.at=[1200,2400,4800]")
+    return tuple(sorted(set(at)))
+
+
+def train(cfg: DictConfig, run_dir: Path, logger: RunLogger, device: torch.device, data: Benchmark,
+          milestones: tuple[int, ...] = ()) -> tuple[torch.nn.Module, int]:
+    """The trained learner (holding the weights eval.checkpoint names) and the iteration they are from."""
     seed_everything(cfg.seed)
     learner = build_learner(cfg).to(device)
     optimizer = build_optimizer(learner, cfg)
@@ -63,10 +76,16 @@ def train(cfg: DictConfig, run_dir: Path, logger: RunLogger, device: torch.devic
         for hook in hooks:
             hook.after_step(context, step)
 
-    meta_train(MetaTraining(learner, optimizer, compute_gradients, validate, score="accuracy",
-                            higher_is_better=True, divergence_hint="lower learner.lr?", resumable={"sampler": sampler},
-                            after_step=after_step, progress=("loss", "accuracy")), cfg, run_dir, logger)
-    return learner
+    def test(step: int, folder: Path, weights_iteration: int) -> None:
+        # The test draws nothing from the training's random streams: with or without milestones, the same run.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            evaluate_and_report(learner, data, cfg, folder, logger, device, step, weights_iteration, milestone=True)
+
+    weights_iteration = meta_train(
+        MetaTraining(learner, optimizer, compute_gradients, validate, score="accuracy", higher_is_better=True,
+                     divergence_hint="lower learner.lr?", resumable={"sampler": sampler}, after_step=after_step,
+                     progress=("loss", "accuracy"), test_at=milestones, test=test), cfg, run_dir, logger)
+    return learner, weights_iteration
 
 
 def per_mode_accuracy(task_accuracy: list[float], task_mode: list[int], modes: list[str]) -> dict[str, float]:
