@@ -159,7 +159,7 @@ def test_milestones_through_launch_match_shorter_runs_and_pair_in_the_report(syn
     assert report.main([str(long), "--at", "15", "--out", str(out)]) == 2
 
 
-@pytest.mark.parametrize("at", ["[0]", "[21]", "[10,abc]"])
+@pytest.mark.parametrize("at", ["[0]", "[21]", "[10,abc]", "10"])
 def test_milestones_outside_the_run_are_refused_in_one_line(synthetic_root, tmp_path, at):
     done = launch(tiny_overrides(synthetic_root) + [f"eval.at={at}", f"hydra.run.dir={tmp_path}"])
     assert "eval.at=" in error_line(done) and "train.iterations=20" in error_line(done)
