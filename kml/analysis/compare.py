@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kml.analysis.runs import find_results, iterations_tested, label, run_seed, setup_name
+from kml.analysis.runs import every_test, label, run_seed, setup_name, tested_at
 
 # t_{0.975, df} for df = 1 … 30: the two-sided 95% quantiles of Student's t (standard tables).
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -216,8 +216,9 @@ def accuracy_at_iterations(folders: list[str]) -> dict[str, dict[str, dict[int, 
     specialist's single-mode accuracy is on another scale)."""
     curves: dict[str, dict[str, dict[int, list[float]]]] = {}
     multimodal = set()
-    for step in iterations_tested(folders):
-        for record in test_records(find_results(folders, step)):
+    tests = [(tested_at(run), run) for run in every_test(folders)]  # each results.json read once
+    for step in sorted({step for step, _ in tests if step is not None}):
+        for record in test_records([run for at, run in tests if at == step]):
             by_step = curves.setdefault(record.setup, {}).setdefault(record.method, {})
             by_step.setdefault(step, []).append(float(record.accuracy.mean()))
             if len(record.modes) > 1:
