@@ -42,13 +42,18 @@ def tested_at(run: dict) -> int | None:
     recorded) the run's train.iterations; None for an eval_only test of a checkpoint."""
     if "iteration" in run:
         return run["iteration"]
+    saved = saved_config(run)
+    return None if saved is None or saved.get("eval_only") else int(saved["train"]["iterations"])
+
+
+def saved_config(run: dict) -> dict | None:
+    """The run folder's .hydra/config.yaml, for what results.json did not record before it had it."""
     config = Path(run["path"]) / ".hydra" / "config.yaml"
     if not config.is_file():
         return None
     import yaml
 
-    saved = yaml.safe_load(config.read_text())
-    return None if saved.get("eval_only") else int(saved["train"]["iterations"])
+    return yaml.safe_load(config.read_text())
 
 
 def benchmark_name(run: dict) -> str:
@@ -71,9 +76,5 @@ def run_seed(run: dict) -> int:
     """The training seed: results.json's, else the run folder's Hydra config (runs written before it had one)."""
     if "seed" in run:
         return int(run["seed"])
-    config = Path(run["path"]) / ".hydra" / "config.yaml"
-    if config.is_file():
-        import yaml
-
-        return int(yaml.safe_load(config.read_text()).get("seed", 0))
-    return 0
+    saved = saved_config(run)
+    return int(saved.get("seed", 0)) if saved else 0
