@@ -9,6 +9,7 @@ compute nodes share (the runs and the data are written there).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -31,15 +32,18 @@ EVAL_TASKS = 20
 TINY_RUN = ["learner=protonet", "modulation=none", "backbone.channels=8", f"image_size={IMAGE_SIZE}",
             "train.iterations=20", "train.val_every=10", "train.val_tasks_per_mode=10",
             f"eval.tasks_per_mode={EVAL_TASKS}", "train.meta_batch=2", "logger.mode=disabled"]
-# About 70 s of training on one core of the 2-core test machine (~26 it/s). slurmctld checks time limits every
-# 30 s and (Slurm 22.05) sends USR2 at the first check that is at most 30 s before `limit - signal_delay_s`: with
+# About 100 s of training on one core, however fast that core is: slurmctld checks time limits every 30 s and
+# (Slurm 22.05) sends USR2 at the first check that is at most 30 s before `limit - signal_delay_s`: with
 # timeout_min=1 and signal_delay_s=10, each stretch of the job lasts 20 to 50 s (a requeued one, restarted ~15 s
-# after the check that requeued it, usually ~45 s), so the job is requeued once or twice. last.pt is written
-# every 25 iterations (and every 3 s), so each requeued stretch resumes past iteration 0.
+# after the check that requeued it, usually ~45 s), so the job is requeued once to three times. A fixed
+# iteration count was machine-bound (1800 iterations took 70 s on one machine, 39 s on another), so the
+# `long_run` fixture measures this machine's speed on a short run of the same configuration first.
+# last.pt is written every 25 iterations (and every 3 s), so each requeued stretch resumes past iteration 0.
 LONG_RUN = ["learner=protonet", "modulation=none", "backbone.channels=16", f"image_size={IMAGE_SIZE}",
-            "train.iterations=1800", "train.val_every=1800", "train.val_tasks_per_mode=10",
-            f"eval.tasks_per_mode={EVAL_TASKS}", "train.meta_batch=4", "train.checkpoint_every=25",
-            "train.checkpoint_minutes=0.05", "logger.mode=disabled"]
+            "train.val_tasks_per_mode=10", f"eval.tasks_per_mode={EVAL_TASKS}", "train.meta_batch=4",
+            "train.checkpoint_every=25", "train.checkpoint_minutes=0.05", "logger.mode=disabled"]
+LONG_RUN_SECONDS = 100
+CALIBRATION_ITERATIONS = 300
 JOB_ID = re.compile(r"^\d+(_\d+)?$")
 
 
@@ -87,6 +91,23 @@ def data_root(shared_tmp, partition) -> Path:
     root = shared_tmp / "data"
     synthetic.ensure(root, IMAGE_SIZE)
     return root
+
+
+@pytest.fixture(scope="module")
+def long_run(data_root, shared_tmp) -> list[str]:
+    """LONG_RUN with as many iterations as take LONG_RUN_SECONDS here, timed on a short run outside SLURM
+    (one thread, as the job gets) between its first and last logged training steps."""
+    run_dir = shared_tmp / "calibration"
+    command = [_python(), "launch.py", *LONG_RUN, f"train.iterations={CALIBRATION_ITERATIONS}",
+               f"train.val_every={CALIBRATION_ITERATIONS}", f"data.root={data_root}", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, f"the calibration run failed\n{_tail(proc.stdout)}{_tail(proc.stderr)}"
+    steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [row for row in steps if "train/loss" in row]
+    rate = (steps[-1]["step"] - steps[0]["step"]) / (steps[-1]["time"] - steps[0]["time"])
+    iterations = max(CALIBRATION_ITERATIONS, 100 * math.ceil(rate * LONG_RUN_SECONDS / 100))
+    return [*LONG_RUN, f"train.iterations={iterations}", f"train.val_every={iterations}"]
 
 
 @pytest.fixture
@@ -207,11 +228,12 @@ def test_sweep_runs_each_job_through_slurm(partition, data_root, sweep_dir):
         assert "Job completed successfully" in log, report
 
 
-def test_timeout_requeues_the_job_which_resumes_from_last_checkpoint(partition, data_root, sweep_dir):
+def test_timeout_requeues_the_job_which_resumes_from_last_checkpoint(partition, data_root, long_run,
+                                                                       sweep_dir):
     # SLURM sends USR2 ahead of the 1-minute limit; submitit calls the launcher's checkpoint(), requeues the
     # job (up to max_num_timeout times), and the requeued job finds last.pt in the same run folder.
     overrides = [*_slurm_overrides(partition), "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=10",
-                 "hydra.launcher.max_num_timeout=10", "seed=0", *LONG_RUN, f"data.root={data_root}",
+                 "hydra.launcher.max_num_timeout=10", "seed=0", *long_run, f"data.root={data_root}",
                  f"name=slurm_requeue_{uuid.uuid4().hex[:8]}"]
     proc = _launch(overrides, sweep_dir, timeout=480)
     report = f"{_tail(proc.stdout)}{_tail(proc.stderr)}\n{_job_logs(sweep_dir)}"
@@ -225,7 +247,7 @@ def test_timeout_requeues_the_job_which_resumes_from_last_checkpoint(partition, 
     # submitit's own lines start with "submitit " (Hydra's logging repeats some of them in its own format).
     requeues = re.findall(r"^submitit INFO .* - Requeued job \S+ \((\d+) remaining timeouts\)", log, flags=re.M)
     assert requeues, ("the job finished before SLURM's time-limit signal reached it (training was faster than "
-                      "expected here: raise train.iterations in LONG_RUN)\n" + report)
+                      "the calibration run measured: raise LONG_RUN_SECONDS)\n" + report)
     assert "this job is timed-out" in log, report
     resumes = [(Path(path), int(it)) for path, it in re.findall(r"resuming from (.+) at iteration (\d+)", log)]
     assert resumes and all(path == run_dirs[0] / "last.pt" for path, _ in resumes), report
