@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig
 
 from kml.data.benchmark import Benchmark
 from kml.errors import ConfigError
@@ -39,8 +39,8 @@ def run(cfg: DictConfig, run_dir: Path, logger: RunLogger) -> dict:
 def milestone_iterations(cfg: DictConfig) -> tuple[int, ...]:
     """eval.at as sorted iterations, each in 1..train.iterations (the last one is the run's own test)."""
     iterations, at = int(cfg.train.iterations), cfg.eval.get("at") or []
-    if not OmegaConf.is_list(at) and not isinstance(at, list) or \
-            not all(isinstance(step, int) and 0 < step <= iterations for step in at):
+    if not isinstance(at, (list, ListConfig)) or not all(isinstance(step, int) and 0 < step <= iterations
+                                                         for step in at):
         raise ConfigError(f"eval.at={at}: give a list of iterations from 1 to train.iterations={iterations}, "
                           "e.g. eval.at=[1200,2400,4800]")
     return tuple(sorted(set(at)))
