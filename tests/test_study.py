@@ -144,13 +144,19 @@ def test_a_schedule_study_reports_each_milestone_and_checks_the_runs_it_must_equ
         (run / ".hydra").mkdir()
         (run / ".hydra" / "config.yaml").write_text("seed: 0\neval_only: false\ntrain:\n  iterations: 1200\n")
 
-    assert study_report.report(ours, (1200, 2400, 4800), reference, (("MProtoNet+KML", "ProtoNet"),)) == 0
+    assert study_report.report(ours, (1200, 2400, 4800), reference, (("MProtoNet+KML", "ProtoNet"),), 30000) == 0
     for step, points in ((1200, "+1.00"), (2400, "+2.00")):
         assert f"| MProtoNet+KML | {points} ± 0.00 (2 seeds)" in (ours / f"at_{step}" / "compare_ProtoNet.md").read_text()
     assert "| MProtoNet+KML | +4.00 ± 0.00 (2 seeds)" in (ours / "compare_ProtoNet.md").read_text()
     assert not (ours / "at_4800").exists()  # the runs' own tests: the report at the top
     assert "| MProtoNet+KML − ProtoNet | 2mode 5w1s | +2.00 / +2.00 | +2.00 ± 0.00 | ± 0.00 |" in \
         (ours / "at_2400" / "differences.md").read_text()
+    # +1, +2, +4 at x = 0, 1, 2 doublings: least squares 1.5 per doubling, 7/3 + 1.5·log2(30000/2400) at 30,000.
+    trend = (ours / "trend.md").read_text()
+    for seed in (0, 1):
+        assert f"| MProtoNet+KML − ProtoNet | {seed} | +1.00 | +2.00 | +4.00 | +1.50 | +7.80 |" in trend
+    assert "| mean ± t over seeds | +1.00 ± 0.00 | +2.00 ± 0.00 | +4.00 ± 0.00 | +1.50 ± 0.00 | +7.80 ± 0.00 |" in trend
+    assert "2.6 doublings past the last test from 3 points" in trend  # log2(30000 / 4800)
     assert (ours / "schedule.png").read_bytes()[:4] == b"\x89PNG"
     same = (ours / "same_as_reference.md").read_text()
     assert "3 of 4 runs met by both studies have identical per-task test accuracies" in same

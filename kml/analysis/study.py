@@ -13,7 +13,8 @@ A study is data: conf/study/<name>.yaml names its sweeps (conf/experiment/) and 
 the 1-shot study); a study whose runs are tested along the way (eval.at) lists those iterations
 (`tested_at`: the report adds at_<iteration>/ and schedule.png) and may name a study whose runs its own must
 equal where they meet (`same_as`: same_as_<study>.md), and lists the paired differences its report tables
-(`differences`: differences.md). The runs are the jobs of those sweeps, each started as
+(`differences`: differences.md) and, tested along the way, how far to extrapolate their trend
+(`extrapolate_to`: trend.md). The runs are the jobs of those sweeps, each started as
 `launch.py experiment=E <its overrides>` in outputs/study/E/<overrides> (so a stopped run resumes there from
 last.pt on the same machine). The small files of a finished run are results.json, test_tasks.npz,
 metrics.jsonl, .hydra/{overrides,config}.yaml, transference/**/*.npz, milestones/*/{results.json,test_tasks.npz}
@@ -69,6 +70,7 @@ class Study:
     tested_at: tuple[int, ...] = ()
     same_as: str | None = None
     differences: tuple[tuple[str, str], ...] = ()
+    extrapolate_to: int | None = None
 
     @classmethod
     def load(cls, name: str) -> Study:
@@ -78,7 +80,8 @@ class Study:
             raise ConfigError(f"no study {name!r}; choose one of: {', '.join(known)} (conf/study/)")
         node = OmegaConf.load(path)
         return cls(name, tuple(node.experiments), REPO / node.folder, tuple(node.get("tested_at") or ()),
-                   node.get("same_as"), tuple(tuple(pair) for pair in node.get("differences") or ()))
+                   node.get("same_as"), tuple(tuple(pair) for pair in node.get("differences") or ()),
+                   node.get("extrapolate_to"))
 
 
 @dataclass(frozen=True)
@@ -274,5 +277,5 @@ def main(argv: list[str] | None = None) -> int:
     from kml.analysis.study_report import report  # matplotlib: only for the report
 
     return report(study, chosen.tested_at, Study.load(chosen.same_as).folder if chosen.same_as else None,
-                  chosen.differences)
+                  chosen.differences, chosen.extrapolate_to)
 

@@ -8,17 +8,17 @@ from pathlib import Path
 import numpy as np
 
 from kml.analysis import report as tables
-from kml.analysis.compare import difference_rows, test_records
+from kml.analysis.compare import across_seeds, compare, difference_rows, test_records
 from kml.analysis.runs import find_results, tested_at
 from kml.analysis.study import REPO
 
 
 def report(study: Path, milestones: tuple[int, ...] = (), same_as: Path | None = None,
-           differences: tuple[tuple[str, str], ...] = ()) -> int:
+           differences: tuple[tuple[str, str], ...] = (), horizon: int | None = None) -> int:
     """Every table and figure of RESULTS.md, from the small files alone: the runs' own tests in `study`,
     their tests at the other iterations of `milestones` in at_<iteration>/ with schedule.png, the check
-    against the study in `same_as` in same_as_<its folder>.md, and the (method, baseline) `differences`
-    in differences.md beside each report."""
+    against the study in `same_as` in same_as_<its folder>.md, the (method, baseline) `differences`
+    in differences.md beside each report, and with a `horizon`, their trend over the milestones in trend.md."""
     runs = str(study / "runs")
     own = find_results([runs]) if Path(runs).is_dir() else []
     extra = ["--schedule", str(study / "schedule.png")] if milestones else []
@@ -33,6 +33,8 @@ def report(study: Path, milestones: tuple[int, ...] = (), same_as: Path | None =
                                 *baselines(at)])
             if differences and done == 0:
                 write_differences(study / f"at_{step}", at, differences)
+    if differences and horizon and len(milestones) > 1 and done == 0:
+        write_trend(study, runs, milestones, differences, horizon)
     if same_as is not None and done == 0:
         print(write_same_as(study, same_as))
     return done
@@ -56,6 +58,44 @@ def write_differences(folder: Path, runs: list[dict], pairs: tuple[tuple[str, st
             "the 95% bootstrap interval of the seed mean when only the test tasks are resampled (within each "
             "mode, 2,000 draws): what another draw of test tasks would add, which the seed interval leaves out.")
     (folder / "differences.md").write_text(tables.markdown(header, rows) + "\n\n" + note + "\n")
+
+
+def write_trend(study: Path, runs: str, milestones: tuple[int, ...], pairs: tuple[tuple[str, str], ...],
+                horizon: int) -> None:
+    """trend.md: each chosen overall difference at every milestone, per seed, and the straight line through
+    a seed's differences against log2(iterations): its slope per doubling and where it would be at `horizon`
+    if it went on, each a mean ± t-interval over the seeds tested at every milestone."""
+    steps = sorted(milestones)
+    gaps: dict[tuple[str, str], dict[int, dict[int, float]]] = {}  # pair -> seed -> iteration -> points
+    for step in steps:
+        records = test_records(find_results([runs], step))
+        multimodal = {r.setup for r in records if len(r.modes) > 1}
+        for method, baseline in pairs:
+            for row in compare(records, baseline):
+                if row["method"] == method and row["mode"] == "overall" and row["setup"] in multimodal:
+                    for p in row["per_seed"]:
+                        gaps.setdefault((method, baseline), {}).setdefault(p["seed"], {})[step] = 100 * p["mean"]
+    x, ahead = np.log2(steps), np.log2(horizon)
+    rows = []
+    for (method, baseline), by_seed in gaps.items():
+        fitted = []
+        for seed, at in sorted(by_seed.items()):
+            if len(at) < len(steps):  # not tested at every milestone yet
+                continue
+            y = [at[step] for step in steps]
+            slope, intercept = np.polyfit(x, y, 1)
+            fitted.append([*y, slope, intercept + slope * ahead])
+            rows.append([f"{method} − {baseline}", str(seed), *(f"{v:+.2f}" for v in fitted[-1])])
+        if len(fitted) > 1:
+            rows.append([f"{method} − {baseline}", "mean ± t over seeds",
+                         *(f"{d['mean']:+.2f} ± {d['ci95']:.2f}" for d in map(across_seeds, zip(*fitted, strict=True)))])
+    header = ["difference", "seed", *(f"at {step:,}" for step in steps), "slope per doubling",
+              f"line at {horizon:,}"]
+    note = (f"Overall accuracy points, paired over identical test tasks. The line is fitted per seed by least squares "
+            f"to the differences against log2(iterations); \"line at {horizon:,}\" is where it would be if it went "
+            f"on, an extrapolation of {np.log2(horizon / steps[-1]):.1f} doublings past the last test from "
+            f"{len(steps)} points, which assumes the trend stays straight in log-iterations.")
+    (study / "trend.md").write_text(tables.markdown(header, rows) + "\n\n" + note + "\n")
 
 
 def write_same_as(study: Path, reference: Path) -> str:
