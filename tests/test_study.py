@@ -163,6 +163,23 @@ def test_a_schedule_study_reports_each_milestone_and_checks_the_runs_it_must_equ
     assert "| MProtoNet+KML | 2mode 5w1s | 1 | 1200 | 10 | unverified (no fingerprints) | NO |" in same
 
 
+@pytest.mark.parametrize("name,runs", [("2mode_1shot", 39), ("2mode_5shot", 27), ("schedule", 12), ("schedule_maml", 3)])
+def test_every_study_expands_to_its_runs(name, runs):
+    """Each study of conf/study/ names sweeps that compose, into the runs its PLAN.md promises; a study tested
+    along the way tests each run at every one of its milestones."""
+    chosen = study.Study.load(name)
+    found = study.jobs(chosen.experiments)
+    assert len(found) == len(set(found)) == runs
+    for job in found:
+        cfg = study.compose([f"experiment={job.experiment}", *job.overrides])
+        if chosen.tested_at:  # tested at every milestone, the last one being the run's own end
+            assert list(cfg.eval.at) == list(chosen.tested_at) and cfg.train.iterations == chosen.tested_at[-1]
+    if name == "schedule_maml":
+        assert {job.overrides for job in found} == {("learner=maml", "modulation=kml", "seed=0"),
+                                                    ("benchmark=omniglot", "learner=maml", "modulation=none", "seed=0"),
+                                                    ("benchmark=miniimagenet", "learner=maml", "modulation=none", "seed=0")}
+
+
 def test_a_finished_runs_milestones_are_among_its_small_files(tmp_path):
     run_dir = tmp_path / "run"
     for name in ("results.json", "milestones/1200/results.json", "milestones/1200/test_tasks.npz",

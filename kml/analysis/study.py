@@ -7,7 +7,7 @@ git so that they continue on any machine where they stopped.
                                            small files go to <folder>/runs/ and are committed (--no-commit)
     python -m kml.study report             rebuild every table and figure under <folder>/ from those files
                                            (kml/analysis/study_report.py)
-    ... --study 2mode_5shot                another study (default 2mode_1shot; schedule)
+    ... --study 2mode_5shot                another study (default 2mode_1shot; schedule, schedule_maml)
 
 A study is data: conf/study/<name>.yaml names its sweeps (conf/experiment/) and its folder (docs/study for
 the 1-shot study); a study whose runs are tested along the way (eval.at) lists those iterations
