@@ -125,6 +125,15 @@ def schedule_run(folder, method, seed, tests, reference=None):
         (target / "results.json").write_text(json.dumps(results))
 
 
+def test_a_study_under_way_with_one_methods_runs_reports_them(tmp_path):
+    g = np.random.default_rng(2)
+    for seed in (0, 1):
+        schedule_run(tmp_path / "runs" / f"proto{seed}", "ProtoNet", seed, {s: g.uniform(0.2, 0.8, 10) for s in (1200, 4800)})
+    assert study_report.report(tmp_path, (1200, 4800), None, (("MProtoNet+KML", "ProtoNet"),), 30000) == 0
+    assert "| ProtoNet |" in (tmp_path / "at_1200" / "report.md").read_text()
+    assert not list(tmp_path.rglob("compare_*.md")) and "| ProtoNet" not in (tmp_path / "trend.md").read_text()
+
+
 def test_a_schedule_study_reports_each_milestone_and_checks_the_runs_it_must_equal(tmp_path):
     g = np.random.default_rng(1)
     reference, ours = tmp_path / "reference", tmp_path / "schedule"

@@ -45,6 +45,8 @@ def baselines(runs: list[dict]) -> list[str]:
     better?), MProtoNet+KML (how much does transduction add to it?) and the specialists (is one model for all
     modes better than one per mode?); those the runs have."""
     present = {t.method for t in test_records(runs)}
+    if len(present) < 2:  # a study under way may have one method's runs only: nothing to compare yet
+        return []
     wanted = ("MAML", "ProtoNet", "MMAML", "MProtoNet", "MProtoNet+KML", "Multi-MAML", "Multi-ProtoNet")
     return [arg for method in wanted if method in present for arg in ("--compare", method)]
 
