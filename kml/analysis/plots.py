@@ -106,9 +106,10 @@ def transference_grid(grid: dict[str, dict[int, np.ndarray]], path: Path, title:
 
 
 def learning_curves(curves: dict[str, dict[str, dict[int, list[float]]]], path: Path, title: str,
-                    ylabel: str = "validation accuracy (%)") -> Path:
+                    ylabel: str = "validation accuracy (%)", log_iterations: bool = False) -> Path:
     """A panel per setup (each on its own scale), a line per method: the mean over its runs (training seeds)
-    at each iteration, with the range of the runs shaded; accuracies in %."""
+    at each iteration, with the range of the runs shaded; accuracies in %. `log_iterations`: iterations on a
+    log2 axis ticked where tested (milestones that double fall evenly spaced)."""
     figure = Figure(figsize=(7.5 + 4.5 * (len(curves) - 1), 4.6), layout="constrained")
     axes = figure.subplots(1, len(curves), squeeze=False)[0]
     for ax, (setup, methods) in zip(axes, curves.items(), strict=True):
@@ -122,6 +123,11 @@ def learning_curves(curves: dict[str, dict[str, dict[int, list[float]]]], path: 
             if seeds > 1:
                 ax.fill_between(steps, [v.min() for v in values], [v.max() for v in values],
                                 color=line.get_color(), alpha=0.15, linewidth=0)
+        if log_iterations:
+            tested = sorted({step for by_step in methods.values() for step in by_step})
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(tested, [f"{step:,}" for step in tested])
+            ax.minorticks_off()
         ax.set_xlabel("iteration")
         ax.set_ylabel(ylabel)
         ax.set_title(setup, fontsize=10)

@@ -284,7 +284,9 @@ def main(argv: list[str] | None = None) -> int:
         write_comparisons(differences, out, args.modes)
     if args.schedule:
         curves = compare.accuracy_at_iterations(args.folders)
-        print(f"wrote {plots.learning_curves(curves, Path(args.schedule), 'test accuracy at the iterations tested', 'test accuracy (%)')}")
+        drawn = plots.learning_curves(curves, Path(args.schedule), "test accuracy at the iterations tested",
+                                      "test accuracy (%)", log_iterations=True)
+        print(f"wrote {drawn}")
     own = find_results(args.folders) if args.at else runs  # training curves are whole runs'
     if args.curves:
         curves = compare.validation_curves(own)
