@@ -26,15 +26,18 @@ def report(study: Path, milestones: tuple[int, ...] = (), same_as: Path | None =
                         "--curves", str(study / "curves.png"), "--transference", str(study / "transference.png")])
     if differences and done == 0:
         write_differences(study, own, differences)
-    for step in sorted(set(milestones) - {tested_at(run) for run in own}):
-        at = find_results([runs], step)
+    tested: dict[int | None, list[dict]] = {}  # iteration -> the tests taken there
+    for run in own:
+        tested.setdefault(tested_at(run), []).append(run)
+    for step in sorted(set(milestones) - set(tested)):
+        at = tested[step] = find_results([runs], step)
         if at and done == 0:
             done = tables.main([runs, "--out", str(study / f"at_{step}"), "--modes", "--at", str(step),
                                 *baselines(at)])
             if differences and done == 0:
                 write_differences(study / f"at_{step}", at, differences)
     if differences and horizon and len(milestones) > 1 and done == 0:
-        write_trend(study, runs, milestones, differences, horizon)
+        write_trend(study, {step: tested.get(step, []) for step in milestones}, differences, horizon)
     if same_as is not None and done == 0:
         print(write_same_as(study, same_as))
     return done
@@ -62,15 +65,15 @@ def write_differences(folder: Path, runs: list[dict], pairs: tuple[tuple[str, st
     (folder / "differences.md").write_text(tables.markdown(header, rows) + "\n\n" + note + "\n")
 
 
-def write_trend(study: Path, runs: str, milestones: tuple[int, ...], pairs: tuple[tuple[str, str], ...],
-                horizon: int) -> None:
-    """trend.md: each chosen overall difference at every milestone, per seed, and the straight line through
-    a seed's differences against log2(iterations): its slope per doubling and where it would be at `horizon`
-    if it went on, each a mean ± t-interval over the seeds tested at every milestone."""
-    steps = sorted(milestones)
+def write_trend(study: Path, tested: dict[int, list[dict]], pairs: tuple[tuple[str, str], ...], horizon: int) -> None:
+    """trend.md: each chosen overall difference at every milestone (`tested`: the tests taken there), per seed,
+    and the straight line through a seed's differences against log2(iterations): its slope per doubling and
+    where it would be at `horizon` if it went on, each a mean ± t-interval over the seeds tested at every
+    milestone."""
+    steps = sorted(tested)
     gaps: dict[tuple[str, str], dict[int, dict[int, float]]] = {}  # pair -> seed -> iteration -> points
     for step in steps:
-        records = test_records(find_results([runs], step))
+        records = test_records(tested[step])
         multimodal = {r.setup for r in records if len(r.modes) > 1}
         for method, baseline in pairs:
             for row in compare(records, baseline):
